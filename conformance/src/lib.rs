@@ -1,0 +1,1 @@
+//! RFC trace corpus and its runner, interop tests

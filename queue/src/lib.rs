@@ -1,0 +1,1 @@
+//! the durable qmail queue, the scheduler and local delivery

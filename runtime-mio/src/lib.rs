@@ -1,0 +1,1 @@
+//! drives sqmail-core machines on a mio epoll loop
