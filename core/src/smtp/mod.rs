@@ -1,5 +1,10 @@
 //! SMTP (RFC 5321) as sans-IO state machines.
 
+pub mod command;
+pub mod data;
+pub mod host;
 pub mod reply;
+pub mod server;
 
 pub use reply::Reply;
+pub use server::{Config, Event, Misuse, Request, Server, Ticket, Verdict};

@@ -92,10 +92,7 @@ mod tests {
 
     #[test]
     fn single_line_with_enhanced_code() {
-        assert_eq!(
-            wire(&Reply::new(250, "2.1.0", "ok")),
-            "250 2.1.0 ok\r\n"
-        );
+        assert_eq!(wire(&Reply::new(250, "2.1.0", "ok")), "250 2.1.0 ok\r\n");
     }
 
     #[test]
