@@ -9,5 +9,6 @@ pub mod conn;
 pub mod control;
 pub mod policy;
 pub mod received;
+pub mod service;
 pub mod smtp;
 pub mod tcprules;
