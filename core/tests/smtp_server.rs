@@ -7,6 +7,9 @@ use proptest::prelude::*;
 use sqmail_core::smtp::host::{pump, Decision, SmtpHost, Step};
 use sqmail_core::smtp::{Config, Reply, Request, Server, Verdict};
 
+/// A committed message: sender, recipients, body.
+type Committed = (String, Vec<String>, Vec<u8>);
+
 /// Accepts everyone except recipients whose address contains "nobody",
 /// and keeps committed messages in memory.
 #[derive(Default)]
@@ -14,7 +17,7 @@ struct Host {
     open: Option<Vec<u8>>,
     sender: String,
     recipients: Vec<String>,
-    committed: Vec<(String, Vec<String>, Vec<u8>)>,
+    committed: Vec<Committed>,
     aborted: usize,
 }
 
@@ -374,7 +377,7 @@ fn unread_replies_stop_command_processing() {
 }
 
 /// Runs a whole session feeding the input in the given chunks.
-fn run_chunks(chunks: &[&[u8]]) -> (Vec<u8>, Vec<(String, Vec<String>, Vec<u8>)>, bool) {
+fn run_chunks(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Committed>, bool) {
     let mut config = Config::new("mx");
     config.databytes = 200;
     config.max_recipients = 3;

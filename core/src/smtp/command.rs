@@ -140,11 +140,13 @@ pub fn parse_mail_params(rest: &[u8]) -> Result<MailParams, Reply> {
 
 /// RCPT takes no parameters this server offers; any is unrecognised.
 pub fn parse_rcpt_params(rest: &[u8]) -> Result<(), Reply> {
-    for word in rest.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
-        split_param(word)?;
-        return Err(unrecognized());
+    match rest.split(|&b| b == b' ').find(|w| !w.is_empty()) {
+        Some(word) => {
+            split_param(word)?;
+            Err(unrecognized())
+        }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// RFC 5321 esmtp-param: keyword [= value], value without `=`, space or controls.

@@ -3,6 +3,7 @@
 pub mod command;
 pub mod data;
 pub mod host;
+pub mod reception;
 pub mod reply;
 pub mod server;
 

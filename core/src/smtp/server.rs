@@ -400,12 +400,12 @@ impl Server {
             Command::Mail(arg) => self.mail(arg),
             Command::Rcpt(arg) => self.rcpt(arg),
             Command::Data(arg) => self.data(arg),
-            Command::Rset(arg) if arg.is_empty() => {
+            Command::Rset(b"") => {
                 self.txn = Transaction::default();
                 self.reply(&Reply::new(250, "2.0.0", "flushed"));
             }
             Command::Noop => self.reply(&Reply::new(250, "2.0.0", "ok")),
-            Command::Quit(arg) if arg.is_empty() => {
+            Command::Quit(b"") => {
                 let text = format!("{} closing connection", self.config.greeting);
                 self.close_with(&Reply::owned(221, "2.0.0", text));
             }
