@@ -1,0 +1,447 @@
+//! The queue on disk, in qmail 1.03's layout and write order.
+//!
+//! A message enters as qmail-queue puts it there: a fresh `pid/` file whose
+//! inode number N becomes the message id, linked to `mess/N%split/N`; the
+//! Received line and body go into it; the envelope goes into `intd/N`; and
+//! the link `todo/N` commits it. qmail-send (or our scheduler) only ever
+//! looks at `todo/`, so until that link exists nothing is deliverable, and a
+//! crash leaves only files that qmail-send's cleanup removes after 36 hours.
+//!
+//! Durability goes beyond qmail 1.03: before `todo/N` is linked, the message
+//! data, the envelope and the `mess/` directory entry are on disk, and after
+//! it the `todo/` directory is synced, so the caller may answer 250 knowing
+//! the message survives a power failure.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sqmail_core::received;
+
+use crate::envelope::Envelope;
+use crate::qq::QqError;
+use crate::sys;
+
+/// qmail's default `conf-split`.
+pub const DEFAULT_SPLIT: u64 = 23;
+
+/// Largest split [`Queue::open`] looks for; qmail sites use small primes.
+const MAX_SPLIT: u64 = 1000;
+
+/// Body bytes kept in memory before a `write(2)`; a typical message is
+/// written with one call at commit.
+const BUFFER: usize = 64 * 1024;
+
+/// qmail-queue runs with umask 033: queue files are 0644.
+const FILE_MODE: u32 = 0o644;
+
+/// pid/ file names must differ between concurrent injections of one
+/// process, which share pid and second; qmail's 1..9 retry is not enough.
+static SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// Who is injecting: decides the wording of the Received line. The uid is
+/// recorded in the envelope (`u<uid>`) either way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Invoker {
+    /// An ordinary user: "invoked by uid N".
+    User(u32),
+    /// The `alias` user (qmail-local forwarding): "invoked by alias".
+    Alias(u32),
+    /// `qmaild` (smtpd, qmtpd, qmqpd): "invoked from network".
+    Network(u32),
+    /// `qmails` (bounces from qmail-send): "invoked for bounce".
+    Bounce(u32),
+}
+
+impl Invoker {
+    /// The wording core's Received formatter needs.
+    fn received(self) -> received::Invoker {
+        match self {
+            Invoker::User(uid) => received::Invoker::Uid(uid),
+            Invoker::Alias(_) => received::Invoker::Alias,
+            Invoker::Network(_) => received::Invoker::Network,
+            Invoker::Bounce(_) => received::Invoker::Bounce,
+        }
+    }
+
+    /// The uid written into the envelope.
+    pub fn uid(self) -> u32 {
+        match self {
+            Invoker::User(u) | Invoker::Alias(u) | Invoker::Network(u) | Invoker::Bounce(u) => u,
+        }
+    }
+
+    /// Classify `uid` as qmail-queue does, given the uids of `alias`,
+    /// `qmaild` and `qmails` where those users exist.
+    pub fn classify(
+        uid: u32,
+        alias: Option<u32>,
+        qmaild: Option<u32>,
+        qmails: Option<u32>,
+    ) -> Self {
+        if Some(uid) == alias {
+            Invoker::Alias(uid)
+        } else if Some(uid) == qmaild {
+            Invoker::Network(uid)
+        } else if Some(uid) == qmails {
+            Invoker::Bounce(uid)
+        } else {
+            Invoker::User(uid)
+        }
+    }
+}
+
+/// An open queue: `QMAILHOME/queue` and the directories an injection writes.
+/// Cheap to clone and safe to share between threads.
+#[derive(Clone, Debug)]
+pub struct Queue {
+    dirs: Arc<Dirs>,
+}
+
+#[derive(Debug)]
+struct Dirs {
+    root: PathBuf,
+    split: u64,
+    pid: OwnedFd,
+    intd: OwnedFd,
+    todo: OwnedFd,
+    mess: Vec<OwnedFd>,
+    lock: Option<OwnedFd>,
+}
+
+impl Queue {
+    /// Open `qmail_home/queue`, failing with qmail-queue's code for the
+    /// first missing piece (61 home, 62 queue, 63 pid, 64 mess, 65 intd,
+    /// 66 todo). The split is read from the `mess/` subdirectories, so a
+    /// queue built with another `conf-split` keeps working. A missing
+    /// `lock/` only means nobody is woken up.
+    pub fn open(qmail_home: &Path) -> Result<Queue, QqError> {
+        let err = |code| move |_| QqError::new(code);
+        let home = sys::open_dir(qmail_home).map_err(err(QqError::HOME))?;
+        let root = qmail_home.join("queue");
+        let queue = sys::open_dir_at(home.as_fd(), c"queue").map_err(err(QqError::QUEUE_DIR))?;
+        let sub =
+            |name: &std::ffi::CStr, code| sys::open_dir_at(queue.as_fd(), name).map_err(err(code));
+        let pid = sub(c"pid", QqError::PID)?;
+        let mess_dir = sub(c"mess", QqError::MESS)?;
+        let intd = sub(c"intd", QqError::INTD)?;
+        let todo = sub(c"todo", QqError::TODO)?;
+        let lock = sub(c"lock", QqError::QUEUE_DIR).ok();
+        let mut mess = Vec::new();
+        while (mess.len() as u64) < MAX_SPLIT {
+            let name = sys::name(mess.len().to_string()).map_err(err(QqError::MESS))?;
+            match sys::open_dir_at(mess_dir.as_fd(), &name) {
+                Ok(fd) => mess.push(fd),
+                Err(_) => break,
+            }
+        }
+        if mess.is_empty() {
+            return Err(QqError::new(QqError::MESS));
+        }
+        Ok(Queue {
+            dirs: Arc::new(Dirs {
+                root,
+                split: mess.len() as u64,
+                pid,
+                intd,
+                todo,
+                mess,
+                lock,
+            }),
+        })
+    }
+
+    /// `QMAILHOME/queue`.
+    pub fn path(&self) -> &Path {
+        &self.dirs.root
+    }
+
+    /// The queue's `conf-split`.
+    pub fn split(&self) -> u64 {
+        self.dirs.split
+    }
+
+    /// Start a message: create its `mess/` file and put qmail-queue's
+    /// Received line at its top. The message id is fixed from here on.
+    pub fn begin(&self, invoker: Invoker) -> Result<Incoming, QqError> {
+        let dirs = &self.dirs;
+        let pid = std::process::id();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+
+        let (pid_name, file) = create_pid_file(dirs.pid.as_fd(), pid, now)?;
+        let discard_pid = || {
+            let _ = sys::unlink_at(dirs.pid.as_fd(), &pid_name);
+        };
+        let id = match file.metadata() {
+            Ok(meta) => meta.ino(),
+            Err(_) => {
+                discard_pid();
+                return Err(QqError::new(QqError::PID));
+            }
+        };
+        let mess_name = match sys::name(id.to_string()) {
+            Ok(n) => n,
+            Err(_) => {
+                discard_pid();
+                return Err(QqError::new(QqError::BUG));
+            }
+        };
+        let mess_dir = dirs.mess_dir(id);
+        if sys::link_at(dirs.pid.as_fd(), &pid_name, mess_dir, &mess_name).is_err() {
+            discard_pid();
+            return Err(QqError::new(QqError::MESS));
+        }
+        // From here on `Incoming`'s Drop removes mess/N.
+        let mut incoming = Incoming {
+            queue: self.clone(),
+            id,
+            name: mess_name,
+            file,
+            buf: Vec::with_capacity(BUFFER.min(16 * 1024)),
+            uid: invoker.uid(),
+            pid,
+            state: State::Writing,
+            failed: false,
+        };
+        if sys::unlink_at(dirs.pid.as_fd(), &pid_name).is_err() {
+            return Err(QqError::new(QqError::PID));
+        }
+        let secs = i64::try_from(now).unwrap_or(i64::MAX);
+        let line = received::queue_received(pid, invoker.received(), secs);
+        incoming.buf.extend_from_slice(line.as_bytes());
+        Ok(incoming)
+    }
+}
+
+impl Dirs {
+    fn mess_dir(&self, id: u64) -> BorrowedFd<'_> {
+        self.mess[(id % self.split) as usize].as_fd()
+    }
+
+    /// Wake qmail-send: one byte into `lock/trigger` without blocking. No
+    /// reader (ENXIO) or a full FIFO (EAGAIN) is fine: the message is
+    /// already queued and qmail-send rescans `todo/` on its own.
+    fn pull_trigger(&self) {
+        if let Some(lock) = &self.lock {
+            let flags = libc::O_WRONLY | libc::O_NONBLOCK;
+            if let Ok(mut fifo) = sys::open_at(lock.as_fd(), c"trigger", flags, 0) {
+                let _ = fifo.write(&[0]);
+            }
+        }
+    }
+}
+
+/// `pid/<pid>.<time>.<seq>`, created exclusively; like qmail, give up with
+/// 63 after nine names that already exist.
+fn create_pid_file(
+    dir: BorrowedFd<'_>,
+    pid: u32,
+    now: u64,
+) -> Result<(std::ffi::CString, File), QqError> {
+    for _ in 0..9 {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name =
+            sys::name(format!("{pid}.{now}.{seq}")).map_err(|_| QqError::new(QqError::BUG))?;
+        match sys::create_excl_at(dir, &name, FILE_MODE) {
+            Ok(file) => return Ok((name, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(_) => break,
+        }
+    }
+    Err(QqError::new(QqError::PID))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum State {
+    /// mess/N exists; Drop removes it.
+    Writing,
+    /// intd/N exists too; Drop removes both.
+    IntdMade,
+    /// todo/N exists: the message is queued and must never be removed here.
+    Committed,
+}
+
+/// The steps of [`Incoming::commit`], so tests can stop after any of them
+/// and check what a crash or an abort there leaves behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) enum Step {
+    MessSynced,
+    IntdCreated,
+    IntdSynced,
+    MessDirSynced,
+    TodoLinked,
+    Done,
+}
+
+/// A message being written into the queue. Dropping it before
+/// [`Incoming::commit`] succeeds removes everything it created.
+#[derive(Debug)]
+pub struct Incoming {
+    queue: Queue,
+    id: u64,
+    name: std::ffi::CString,
+    file: File,
+    buf: Vec<u8>,
+    uid: u32,
+    pid: u32,
+    state: State,
+    /// A write failed: bytes are missing, so the message must not commit.
+    failed: bool,
+}
+
+impl Incoming {
+    /// The message id: the inode number of `mess/N`, what qmail-send logs
+    /// as `msg N`.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The pid recorded as `p` in the envelope (logged as `qp`).
+    pub fn qp(&self) -> u32 {
+        self.pid
+    }
+
+    /// Append body bytes. Buffered; a write error is 53.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), QqError> {
+        if self.failed {
+            return Err(QqError::new(QqError::WRITE));
+        }
+        if self.buf.len() + bytes.len() > BUFFER {
+            self.flush()?;
+            if bytes.len() >= BUFFER {
+                let result = write_all(&mut self.file, bytes);
+                self.failed = result.is_err();
+                return result;
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), QqError> {
+        let result = write_all(&mut self.file, &self.buf);
+        self.buf.clear();
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    /// Queue the message for `envelope` and return its id. On success the
+    /// message is on disk and in `todo/`, and qmail-send has been poked.
+    ///
+    /// An invalid envelope is 11 or 91 and nothing is queued. Should the
+    /// final `fsync` of `todo/` fail, the message is already visible to
+    /// qmail-send and is left in place; the error (53) makes the client
+    /// retry, so the worst case is a duplicate, never a loss.
+    pub fn commit(mut self, envelope: &Envelope) -> Result<u64, QqError> {
+        self.commit_until(envelope, Step::Done)
+    }
+
+    /// Give up on the message and remove its files (the same as dropping).
+    pub fn abort(self) {}
+
+    /// [`Incoming::commit`], stopping after `last`. Files already made stay
+    /// until Drop, which removes them unless `todo/N` was linked.
+    pub(crate) fn commit_until(&mut self, envelope: &Envelope, last: Step) -> Result<u64, QqError> {
+        if self.state != State::Writing {
+            return Err(QqError::new(QqError::BUG));
+        }
+        if self.failed {
+            return Err(QqError::new(QqError::WRITE));
+        }
+        envelope.validate()?;
+        let write_err = |_| QqError::new(QqError::WRITE);
+        let queue = self.queue.clone();
+        let dirs = &queue.dirs;
+
+        self.flush()?;
+        self.file.sync_data().map_err(write_err)?;
+        if last == Step::MessSynced {
+            return Ok(self.id);
+        }
+
+        let mut intd = self.create_intd()?;
+        if last == Step::IntdCreated {
+            return Ok(self.id);
+        }
+        write_all(&mut intd, &envelope.to_intd_bytes(self.uid, self.pid))?;
+        intd.sync_data().map_err(write_err)?;
+        drop(intd);
+        if last == Step::IntdSynced {
+            return Ok(self.id);
+        }
+
+        // After the intd fsync this is usually already on disk (one journal
+        // commit covers both), so it rarely costs a second commit.
+        sys::fsync(dirs.mess_dir(self.id)).map_err(write_err)?;
+        if last == Step::MessDirSynced {
+            return Ok(self.id);
+        }
+
+        sys::link_at(dirs.intd.as_fd(), &self.name, dirs.todo.as_fd(), &self.name)
+            .map_err(|_| QqError::new(QqError::TODO))?;
+        self.state = State::Committed;
+        if last == Step::TodoLinked {
+            return Ok(self.id);
+        }
+
+        sys::fsync(dirs.todo.as_fd()).map_err(write_err)?;
+        dirs.pull_trigger();
+        Ok(self.id)
+    }
+
+    /// `intd/N`, exclusively. A leftover `intd/N` can only be stale: N is
+    /// the inode of our own `mess/N`, so no live injection owns it; remove
+    /// it and try once more instead of failing like qmail 1.03.
+    fn create_intd(&mut self) -> Result<File, QqError> {
+        let dir = self.queue.dirs.intd.as_fd();
+        for _ in 0..2 {
+            match sys::create_excl_at(dir, &self.name, FILE_MODE) {
+                Ok(file) => {
+                    self.state = State::IntdMade;
+                    return Ok(file);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let _ = sys::unlink_at(dir, &self.name);
+                }
+                Err(_) => break,
+            }
+        }
+        Err(QqError::new(QqError::INTD))
+    }
+}
+
+impl Drop for Incoming {
+    /// Undo an unfinished injection, in qmail-queue's cleanup order: intd
+    /// before mess, and mess truncated first so its space is freed even if
+    /// the unlink fails.
+    fn drop(&mut self) {
+        if self.state == State::Committed {
+            return;
+        }
+        let dirs = &self.queue.dirs;
+        if self.state == State::IntdMade {
+            let _ = sys::unlink_at(dirs.intd.as_fd(), &self.name);
+        }
+        let _ = self.file.set_len(0);
+        let _ = sys::unlink_at(dirs.mess_dir(self.id), &self.name);
+    }
+}
+
+fn write_all(file: &mut File, bytes: &[u8]) -> Result<(), QqError> {
+    file.write_all(bytes)
+        .map_err(|_| QqError::new(QqError::WRITE))
+}
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
