@@ -1,1 +1,19 @@
-fn main() {}
+//! `sqmail`: every program of the mail system in one binary. Called by a
+//! qmail name (`qmail-smtpd`, `qmail-queue`, ...) through a link, it acts
+//! as that program with qmail's interface, so existing run scripts work.
+
+mod cli;
+mod controls;
+mod home;
+mod runtime;
+mod setup;
+mod smtpd;
+mod store;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let args = cli::expand_program_name(args);
+    cli::run(args)
+}

@@ -1,0 +1,90 @@
+//! The command line: `sqmail <program> [options]`, or a qmail name.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{home::Home, setup, smtpd};
+
+#[derive(Parser)]
+#[command(
+    name = "sqmail",
+    version,
+    about = "A qmail-compatible mail transfer agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    program: Program,
+}
+
+#[derive(Subcommand)]
+enum Program {
+    /// The SMTP server (qmail-smtpd): one session on stdin/stdout under
+    /// tcpserver, or a daemon with --listen.
+    Smtpd(smtpd::SmtpdArgs),
+    /// Queue one message (qmail-queue): the message on fd 0, the envelope
+    /// on fd 1; exits with qmail-queue's codes.
+    Queue(HomeArgs),
+    /// Create a complete, empty qmail home: directories, queue and the
+    /// minimal control files. Never overwrites an existing file.
+    Setup(HomeArgs),
+}
+
+/// Every program works on one qmail home.
+#[derive(Args, Clone, Debug)]
+pub struct HomeArgs {
+    /// The qmail home directory.
+    #[arg(long, env = "SQMAIL_HOME", default_value = "/var/qmail")]
+    pub home: PathBuf,
+}
+
+impl HomeArgs {
+    pub fn home(&self) -> Home {
+        Home::new(self.home.clone())
+    }
+}
+
+/// qmail's program names and the subcommand each one is.
+const PROGRAM_NAMES: [(&str, &str); 2] = [("qmail-smtpd", "smtpd"), ("qmail-queue", "queue")];
+
+/// `qmail-smtpd ARGS` → `sqmail smtpd ARGS`, by the name we were called.
+pub fn expand_program_name(mut args: Vec<OsString>) -> Vec<OsString> {
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if let Some((_, sub)) = PROGRAM_NAMES.iter().find(|(name, _)| *name == called) {
+        args.insert(1, OsString::from(sub));
+    }
+    args
+}
+
+pub fn run(args: Vec<OsString>) -> ExitCode {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // qmail programs exit 100 on usage errors; help is not an error.
+            return ExitCode::from(if e.use_stderr() { 100 } else { 0 });
+        }
+    };
+    match cli.program {
+        Program::Smtpd(args) => smtpd::main(args),
+        Program::Queue(args) => queue_main(&args.home()),
+        Program::Setup(args) => setup::main(&args.home()),
+    }
+}
+
+/// qmail-queue: exit codes are the whole interface, so nothing is printed.
+fn queue_main(home: &Home) -> ExitCode {
+    use std::os::fd::FromRawFd;
+    // fd 1 carries the envelope, as qmail-queue(8) says; it is not stdout.
+    // SAFETY: fd 1 is open for the life of the process and owned only here.
+    let envelope = unsafe { std::fs::File::from_raw_fd(1) };
+    let uid = unsafe { libc::getuid() };
+    let code = sqmail_queue::qmail_queue_main(home.path(), std::io::stdin().lock(), envelope, uid);
+    ExitCode::from(u8::try_from(code).unwrap_or(81))
+}
