@@ -186,3 +186,44 @@ fn tcprules_deny_and_relayclient() {
         "denied connections are closed without a word"
     );
 }
+
+#[test]
+fn swaks_delivers_and_is_refused_relaying() {
+    let home = TestHome::new("swaks");
+    home.control("rcpthosts", "example.org\n");
+    let daemon = Daemon::start(&home.path, &[]);
+    let server = daemon.addr.to_string();
+    let swaks = |to: &str| {
+        Command::new("swaks")
+            .args([
+                "--server",
+                &server,
+                "--from",
+                "alice@client.test",
+                "--to",
+                to,
+            ])
+            .args([
+                "--helo",
+                "client.test",
+                "--body",
+                "from swaks",
+                "--timeout",
+                "10",
+            ])
+            .output()
+            .expect("swaks is installed (Debian package swaks)")
+    };
+    let ok = swaks("bob@example.org");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let refused = swaks("eve@elsewhere.test");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("<** 553 5.7.1"));
+    let queued = home.queued();
+    assert_eq!(queued.len(), 1);
+    assert!(queued[0].1.contains("\n\nfrom swaks\n"), "{}", queued[0].1);
+}
