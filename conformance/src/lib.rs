@@ -1,1 +1,125 @@
-//! RFC trace corpus and its runner, interop tests
+//! RFC trace corpus and its runner, interop tests.
+//!
+//! `traces/smtp/*.trace` are dialog scripts (see [`trace`] for the format)
+//! that pin what RFC 5321 and its extensions, and the SMTP smuggling CVEs,
+//! require of our server. [`run_trace`] plays one against a [`Target`]:
+//! the bare machine in memory, or the `sqmail` binary over a socket or as
+//! a ucspi child; every trace also runs with its input one byte per write.
+
+pub mod machine;
+pub mod run;
+pub mod trace;
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+
+pub use run::Failure;
+pub use trace::{Target, Trace, TraceError};
+
+/// What became of one run.
+#[derive(Debug)]
+pub enum Outcome {
+    Pass,
+    Fail(Failure),
+    /// The trace cannot be expressed on this target.
+    Skip(String),
+}
+
+/// `conformance/traces/smtp`.
+pub fn smtp_corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces")
+        .join("smtp")
+}
+
+/// Runs `trace` on `target`; `bin` is the `sqmail` binary, needed for
+/// every target but [`Target::Machine`].
+pub fn run_trace(trace: &Trace, target: Target, bytewise: bool, bin: Option<&Path>) -> Outcome {
+    if let Some(why) = trace.setup.unsupported_on(target) {
+        return Outcome::Skip(why);
+    }
+    let setup_failure = |message: String| {
+        Outcome::Fail(Failure {
+            trace: trace.path.display().to_string(),
+            line: 0,
+            message,
+            transcript: Vec::new(),
+        })
+    };
+    let with_log = |result: Result<(), Failure>, log: String| match result {
+        Ok(()) => Outcome::Pass,
+        Err(mut f) => {
+            if !log.trim().is_empty() {
+                f.message
+                    .push_str(&format!("\n    server log: {}", log.trim()));
+            }
+            Outcome::Fail(f)
+        }
+    };
+    match (target, bin) {
+        (Target::Machine, _) => match machine::MachinePeer::new(&trace.setup) {
+            Ok(mut peer) => with_log(run::run(trace, &mut peer, bytewise), String::new()),
+            Err(e) => setup_failure(e),
+        },
+        (_, None) => Outcome::Skip("no sqmail binary".into()),
+        (Target::Socket, Some(bin)) => match wire::SocketPeer::start(bin, &trace.setup) {
+            Ok(mut peer) => {
+                let result = run::run(trace, &mut peer, bytewise);
+                let log = peer.log();
+                with_log(result, log)
+            }
+            Err(e) => setup_failure(e),
+        },
+        (Target::Ucspi, Some(bin)) => match wire::UcspiPeer::start(bin, &trace.setup) {
+            Ok(mut peer) => {
+                let result = run::run(trace, &mut peer, bytewise);
+                let log = peer.log();
+                with_log(result, log)
+            }
+            Err(e) => setup_failure(e),
+        },
+    }
+}
+
+/// Runs the whole corpus on `target`, whole and byte-split, and returns a
+/// report of what did not go as the traces (and their `@xfail`s) say,
+/// plus the number of runs that passed and were skipped.
+pub fn run_corpus(traces: &[Trace], target: Target, bin: Option<&Path>) -> Report {
+    let mut report = Report::default();
+    for trace in traces {
+        for bytewise in [false, true] {
+            let mode = if bytewise { "byte-split" } else { "whole" };
+            let xfail = trace.setup.xfail(target);
+            match (run_trace(trace, target, bytewise, bin), xfail) {
+                (Outcome::Pass, None) => report.passed += 1,
+                (Outcome::Pass, Some(why)) => report.problems.push(format!(
+                    "{} [{} {mode}]: passes, but is marked @xfail ({why}); remove the mark",
+                    trace.path.display(),
+                    target.name()
+                )),
+                (Outcome::Fail(f), None) => report
+                    .problems
+                    .push(format!("[{} {mode}] {f}", target.name())),
+                (Outcome::Fail(f), Some(why)) => report
+                    .known
+                    .push(format!("[{} {mode}] known ({why}): {f}", target.name())),
+                (Outcome::Skip(why), _) => {
+                    report
+                        .skipped
+                        .push(format!("{} [{}]: {why}", trace.name(), target.name()))
+                }
+            }
+        }
+    }
+    report
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub passed: usize,
+    pub skipped: Vec<String>,
+    /// Runs that failed as an `@xfail` says they do.
+    pub known: Vec<String>,
+    /// Unexpected failures and unexpected passes.
+    pub problems: Vec<String>,
+}

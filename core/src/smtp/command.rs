@@ -114,9 +114,14 @@ pub fn parse_mail_params(rest: &[u8]) -> Result<MailParams, Reply> {
     for word in rest.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
         let (key, value) = split_param(word)?;
         if key.eq_ignore_ascii_case(b"SIZE") {
+            // RFC 1870 allows 20 digits, more than a u64 holds: saturate.
             let size = value
                 .filter(|v| !v.is_empty() && v.len() <= 20 && v.iter().all(u8::is_ascii_digit))
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .map(|v| {
+                    v.iter().fold(0u64, |n, d| {
+                        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+                    })
+                })
                 .ok_or(Reply::new(501, "5.5.4", "syntax error in SIZE parameter"))?;
             if std::mem::replace(&mut seen_size, true) {
                 return Err(duplicate());
@@ -206,6 +211,14 @@ mod tests {
             }
         );
         assert_eq!(parse_mail_params(b" SIZE=x").unwrap_err().code, 501);
+        let huge = parse_mail_params(b" SIZE=99999999999999999999").unwrap();
+        assert_eq!(huge.size, Some(u64::MAX));
+        assert_eq!(
+            parse_mail_params(b" SIZE=999999999999999999999")
+                .unwrap_err()
+                .code,
+            501
+        );
         assert_eq!(parse_mail_params(b" SIZE=1 SIZE=2").unwrap_err().code, 501);
         assert_eq!(
             parse_mail_params(b" BODY=BINARYMIME").unwrap_err().code,

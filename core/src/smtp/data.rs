@@ -6,7 +6,8 @@
 //! (CVE-2023-51764/51765/51766) impossible here: a message can only end at
 //! `CRLF . CRLF`, and any other ending a downstream server might honour,
 //! such as `LF . LF` or `CR . CR`, aborts the session instead of being
-//! stored. The decoder works byte by byte, so it gives the same result
+//! stored. A NUL is refused the same way, since a server that drops NULs
+//! would read `CRLF NUL . CRLF` as an end. The decoder works byte by byte, so it gives the same result
 //! however the input is split into reads.
 
 /// How the message was cut short, decided while the body still streams in;
@@ -26,7 +27,8 @@ pub enum Decoded {
     NeedMore,
     /// `CRLF . CRLF` seen; the byte count says where the next command starts.
     End,
-    /// A CR not followed by LF, or an LF not preceded by CR.
+    /// A CR not followed by LF, an LF not preceded by CR, or a NUL (which
+    /// some servers drop, turning `CRLF NUL . CRLF` into an end of data).
     BareLineEnding,
 }
 
@@ -89,7 +91,7 @@ impl BodyDecoder {
             }
             match b {
                 b'\r' => self.cr = true,
-                b'\n' => return (i, Decoded::BareLineEnding),
+                b'\n' | 0 => return (i, Decoded::BareLineEnding),
                 b'.' if self.start_of_line => {
                     self.start_of_line = false;
                     self.dot_line = true;
@@ -193,6 +195,7 @@ mod tests {
             b"a\r\n.\r\r\n",
             b"a\rb\r\n.\r\n",
             b"a\nb\r\n.\r\n",
+            b"a\r\n\0.\r\nMAIL",
         ] {
             let (_, _, how, _) = run(evil, 0);
             assert_eq!(

@@ -6,6 +6,7 @@ pub mod host;
 pub mod reception;
 pub mod reply;
 pub mod server;
+pub mod session;
 
 pub use reply::Reply;
 pub use server::{Config, Event, Misuse, Request, Server, Ticket, Verdict};

@@ -360,7 +360,7 @@ impl Server {
                 self.close_with(&Reply::new(
                     451,
                     "4.6.0",
-                    "bare LF or CR in message; see https://cr.yp.to/docs/smtplf.html",
+                    "bare LF, CR or NUL in message; see https://cr.yp.to/docs/smtplf.html",
                 ));
             }
             Decoded::End => {
@@ -622,7 +622,7 @@ impl Server {
 fn path_error(e: PathError, enhanced: &'static str, syntax: &'static str) -> Reply {
     match e {
         PathError::Syntax => Reply::new(501, enhanced, syntax),
-        PathError::TooLong => Reply::new(553, enhanced, "address too long"),
+        PathError::TooLong => Reply::new(501, enhanced, "path too long"),
         PathError::NonAscii => Reply::new(553, "5.6.7", "non-ASCII address needs SMTPUTF8"),
     }
 }
