@@ -7,6 +7,7 @@ mod controls;
 mod home;
 mod runtime;
 mod setup;
+mod signals;
 mod smtpd;
 mod store;
 

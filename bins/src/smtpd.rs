@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Args;
 use sqmail_core::conn::ConnInfo;
 use sqmail_core::control::SmtpdControls;
-use sqmail_core::service::{Admission, ServeLimits, SessionFactory};
+use sqmail_core::service::{Admission, Runtime, ServeLimits, SessionFactory, Shutdown};
 use sqmail_core::smtp::reception::Reception;
 use sqmail_core::smtp::Config;
 use sqmail_core::tcprules;
@@ -21,7 +21,8 @@ use sqmail_queue::sink::Target;
 use crate::cli::HomeArgs;
 use crate::controls::{self, ControlCache};
 use crate::home::Home;
-use crate::runtime;
+use crate::runtime::Chosen;
+use crate::signals;
 use crate::store::QueueStore;
 
 #[derive(Args, Debug)]
@@ -114,7 +115,7 @@ fn ucspi(home: &Home) -> Result<(), String> {
     };
     let config = Arc::new(server_config(&loaded.controls));
     let host = Reception::new(loaded.policy, conn, QueueStore::new(target));
-    runtime::serve_smtp_stdio(config, Box::new(host)).map_err(|e| e.to_string())
+    Chosen::serve_smtp_stdio(config, Box::new(host)).map_err(|e| e.to_string())
 }
 
 fn daemon(home: &Home, args: &SmtpdArgs) -> Result<(), String> {
@@ -149,8 +150,9 @@ fn daemon(home: &Home, args: &SmtpdArgs) -> Result<(), String> {
         max_per_ip: args.max_per_ip,
         ..ServeLimits::default()
     };
-    let shutdown = runtime::Shutdown::on_signals().map_err(|e| e.to_string())?;
-    runtime::serve_smtp(listeners, limits, factory, shutdown).map_err(|e| e.to_string())
+    let shutdown = Shutdown::new();
+    let _signals = signals::trigger_on_signals(&shutdown).map_err(|e| e.to_string())?;
+    Chosen::serve_smtp(listeners, limits, factory, shutdown).map_err(|e| e.to_string())
 }
 
 /// The daemon's per-connection decisions: tcprules, then the controls.

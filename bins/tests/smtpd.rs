@@ -227,3 +227,30 @@ fn swaks_delivers_and_is_refused_relaying() {
     assert_eq!(queued.len(), 1);
     assert!(queued[0].1.contains("\n\nfrom swaks\n"), "{}", queued[0].1);
 }
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly() {
+    let home = TestHome::new("sigterm");
+    home.control("rcpthosts", "example.org\n");
+    let mut daemon = Daemon::start(&home.path, &[]);
+    let mut c = Client::connect(daemon.addr).unwrap();
+    assert_eq!(code(&c.reply().unwrap()).unwrap(), 220);
+    assert_eq!(c.cmd("QUIT").unwrap(), 221);
+    let kill = Command::new("kill")
+        .args(["-TERM", &daemon.child.id().to_string()])
+        .status();
+    assert!(kill.unwrap().success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "smtpd did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(Client::connect(daemon.addr).is_err(), "listener closed");
+}

@@ -3,28 +3,24 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Shutdown as HalfClose, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use sqmail_core::service::{Admission, ServeLimits, SessionFactory};
+use sqmail_core::service::{Admission, Registration, ServeLimits, SessionFactory, Shutdown};
+use sqmail_core::smtp::session::{Session, Status, READ_BUFFER};
 
 use crate::pool::{Done, Key, Pool};
-use crate::session::{Session, Status};
 use crate::timers::Timers;
-use crate::Shutdown;
 
+/// The loop's one waker (mio allows one a poll): a job is done, or the
+/// shutdown was triggered.
 const WAKER: Token = Token(0);
-const SHUTDOWN: Token = Token(1);
-const FIRST_LISTENER: usize = 2;
+const FIRST_LISTENER: usize = 1;
 /// Connection tokens start here; listener tokens sit below.
 const FIRST_CONN: usize = 1 << 16;
-/// The one read buffer of the loop; no connection has its own.
-const READ_BUFFER: usize = 64 * 1024;
 /// Accepts per loop turn before the open connections get theirs.
 const ACCEPT_BUDGET: usize = 64;
 
@@ -56,10 +52,13 @@ pub(crate) struct Daemon {
     done: Receiver<Done>,
     jobs: usize,
     next_generation: u64,
+    /// The one read buffer of the loop; no connection has its own.
     buf: Box<[u8]>,
     limits: ServeLimits,
     factory: Arc<dyn SessionFactory>,
     shutdown: Shutdown,
+    /// Wakes the loop on `shutdown.trigger()`, for as long as it runs.
+    _on_shutdown: Registration,
     /// When the shutdown began; then the end of the grace period.
     stopping: Option<Instant>,
     hard_stop: bool,
@@ -75,12 +74,13 @@ impl Daemon {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (done_tx, done) = mpsc::channel();
+        let on_shutdown = shutdown.register({
+            let waker = Arc::clone(&waker);
+            move || {
+                let _ = waker.wake();
+            }
+        });
         let pool = Pool::new(limits.blocking_threads, done_tx, waker)?;
-        poll.registry().register(
-            &mut SourceFd(&shutdown.wake_fd().as_raw_fd()),
-            SHUTDOWN,
-            Interest::READABLE,
-        )?;
         let mut mio_listeners = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             listener.set_nonblocking(true)?;
@@ -111,6 +111,7 @@ impl Daemon {
             limits,
             factory,
             shutdown,
+            _on_shutdown: on_shutdown,
             stopping: None,
             hard_stop: false,
         })
@@ -135,9 +136,8 @@ impl Daemon {
             let now = Instant::now();
             for event in events.iter() {
                 match event.token() {
-                    WAKER => {}
-                    SHUTDOWN => {
-                        if self.stopping.is_none() {
+                    WAKER => {
+                        if self.stopping.is_none() && self.shutdown.is_triggered() {
                             self.begin_shutdown(now);
                         }
                     }

@@ -9,9 +9,8 @@ use std::thread::{self, JoinHandle};
 
 use mio::Waker;
 use sqmail_core::smtp::host::Job;
+use sqmail_core::smtp::session::run_job;
 use sqmail_core::smtp::{Ticket, Verdict};
-
-use crate::session::run_job;
 
 /// Which connection (slot and generation) a job answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,13 +10,11 @@ use std::time::Instant;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use sqmail_core::smtp::host::SmtpHost;
+use sqmail_core::smtp::session::{run_job, Session, Status, READ_BUFFER};
 use sqmail_core::smtp::Config;
-
-use crate::session::{run_job, Session, Status};
 
 const INPUT: Token = Token(0);
 const OUTPUT: Token = Token(1);
-const READ_BUFFER: usize = 64 * 1024;
 
 pub(crate) fn serve(
     input: BorrowedFd<'_>,

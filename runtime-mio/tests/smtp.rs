@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sqmail_core::service::{Admission, ServeLimits, SessionFactory};
+use sqmail_core::service::{Admission, Runtime, ServeLimits, SessionFactory, Shutdown};
 use sqmail_core::smtp::host::{Decision, SmtpHost};
 use sqmail_core::smtp::{Config, Reply, Request, Verdict};
-use sqmail_mio as rt;
+use sqmail_mio::Mio as Rt;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -99,7 +99,7 @@ struct Daemon {
     addr: SocketAddr,
     addr6: Option<SocketAddr>,
     store: Store,
-    shutdown: rt::Shutdown,
+    shutdown: Shutdown,
     finished: mpsc::Receiver<std::io::Result<()>>,
 }
 
@@ -110,11 +110,11 @@ fn config() -> Config {
 }
 
 fn start(limits: ServeLimits, config: Config, deny: bool) -> Daemon {
-    let shutdown = rt::Shutdown::new().unwrap();
+    let shutdown = Shutdown::new();
     start_with(limits, config, deny, shutdown)
 }
 
-fn start_with(limits: ServeLimits, config: Config, deny: bool, shutdown: rt::Shutdown) -> Daemon {
+fn start_with(limits: ServeLimits, config: Config, deny: bool, shutdown: Shutdown) -> Daemon {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let mut listeners = vec![listener];
@@ -133,7 +133,7 @@ fn start_with(limits: ServeLimits, config: Config, deny: bool, shutdown: rt::Shu
     let (tx, finished) = mpsc::channel();
     let sd = shutdown.clone();
     thread::spawn(move || {
-        let _ = tx.send(rt::serve_smtp(listeners, limits, factory, sd));
+        let _ = tx.send(Rt::serve_smtp(listeners, limits, factory, sd));
     });
     Daemon {
         addr,
@@ -459,18 +459,24 @@ fn shutdown_returns_and_closes_idle_sessions() {
 }
 
 #[test]
-fn sigterm_triggers_shutdown() {
-    let shutdown = rt::Shutdown::on_signals().unwrap();
-    let d = start_with(ServeLimits::default(), config(), false, shutdown);
+fn shutdown_triggered_from_another_thread_stops_the_daemon() {
+    let d = start(ServeLimits::default(), config(), false);
     let mut c = Client::connect(d.addr);
     assert!(c.reply().starts_with("220"));
-    let pid = std::process::id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(kill.unwrap().success());
+    let shutdown = d.shutdown.clone();
+    thread::spawn(move || shutdown.trigger()).join().unwrap();
     d.finished.recv_timeout(WAIT).unwrap().unwrap();
-    assert!(d.shutdown.is_triggered());
+    assert!(c.rest().starts_with("421 4.3.2"));
+}
+
+#[test]
+fn shutdown_triggered_before_serving_returns_at_once() {
+    let shutdown = Shutdown::new();
+    shutdown.trigger();
+    let started = Instant::now();
+    let d = start_with(ServeLimits::default(), config(), false, shutdown);
+    d.finished.recv_timeout(WAIT).unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
 }
 
 #[test]
@@ -497,7 +503,7 @@ fn stdio_mode_on_a_socket() {
     let (tx, done) = mpsc::channel();
     thread::spawn(move || {
         let fd = ours.as_fd();
-        let _ = tx.send(rt::serve_smtp_fds(fd, fd, Arc::new(config()), host));
+        let _ = tx.send(Rt::serve_smtp_fds(fd, fd, Arc::new(config()), host));
     });
     theirs.set_read_timeout(Some(WAIT)).unwrap();
     let mut reader = BufReader::new(theirs.try_clone().unwrap());
@@ -535,7 +541,7 @@ fn stdio_mode_on_pipes_times_out() {
     });
     let (tx, done) = mpsc::channel();
     thread::spawn(move || {
-        let result = rt::serve_smtp_fds(in_ours.as_fd(), out_ours.as_fd(), Arc::new(cfg), host);
+        let result = Rt::serve_smtp_fds(in_ours.as_fd(), out_ours.as_fd(), Arc::new(cfg), host);
         let _ = tx.send(result);
     });
     in_theirs.write_all(b"NOOP\r\n").unwrap();

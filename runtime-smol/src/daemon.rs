@@ -13,14 +13,10 @@ use smol::channel::{self, Receiver, Sender};
 use smol::future;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::LocalExecutor;
-use sqmail_core::service::{Admission, ServeLimits, SessionFactory};
+use sqmail_core::service::{Admission, ServeLimits, SessionFactory, Shutdown};
+use sqmail_core::smtp::session::{Session, Status, READ_BUFFER};
 
 use crate::drive;
-use crate::session::{Session, Status};
-use crate::Shutdown;
-
-/// The one read buffer of the thread; no connection has its own.
-const READ_BUFFER: usize = 64 * 1024;
 
 /// What the accept loops and the sessions of one daemon share.
 struct Shared {
@@ -35,6 +31,7 @@ struct Shared {
     stop: Receiver<()>,
     /// At most `limits.blocking_threads` jobs at once, as in sqmail-mio.
     jobs: Semaphore,
+    /// The one read buffer of the thread; no connection has its own.
     buf: RefCell<Box<[u8]>>,
 }
 
@@ -57,7 +54,11 @@ pub(crate) fn serve(
         jobs: Semaphore::new(limits.blocking_threads.max(1)),
         buf: RefCell::new(vec![0; READ_BUFFER].into_boxed_slice()),
     });
-    let wake = Async::new(shutdown.wake_fd().try_clone()?)?;
+    // Closed (never sent on) by `shutdown.trigger()`, from any thread.
+    let (wake_tx, wake) = channel::bounded::<()>(1);
+    let _on_shutdown = shutdown.register(move || {
+        wake_tx.close();
+    });
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut acceptors = Vec::new();
     for listener in listeners {
@@ -66,9 +67,7 @@ pub(crate) fn serve(
         acceptors.push(shared.ex.spawn(task));
     }
     let main = async {
-        if !shutdown.is_triggered() {
-            let _ = wake.readable().await;
-        }
+        let _ = wake.recv().await;
         // Cancelling the accept loops closes the listeners.
         drop(acceptors);
         let end = Instant::now() + shutdown.grace();

@@ -10,8 +10,7 @@ use async_io::{Async, Timer};
 use smol::channel::Receiver;
 use smol::future;
 use smol::lock::Semaphore;
-
-use crate::session::{run_job, Session, Status};
+use sqmail_core::smtp::session::{run_job, Session, Status};
 
 enum Wake {
     Ready,

@@ -10,12 +10,10 @@ use std::time::Instant;
 
 use async_io::Async;
 use sqmail_core::smtp::host::SmtpHost;
+use sqmail_core::smtp::session::{Session, READ_BUFFER};
 use sqmail_core::smtp::Config;
 
 use crate::drive;
-use crate::session::Session;
-
-const READ_BUFFER: usize = 64 * 1024;
 
 pub(crate) fn serve(
     input: BorrowedFd<'_>,

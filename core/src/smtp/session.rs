@@ -80,12 +80,20 @@ impl Session {
 
     /// Whether to wait for the reader: it ran dry and the machine takes more.
     pub fn wants_read(&self) -> bool {
-        !self.readable && !self.closing && self.server.input_capacity() > 0
+        !self.readable && self.takes_input()
     }
 
     /// Reading stopped for fairness, not for lack of bytes: drive again soon.
     pub fn more_input(&self) -> bool {
-        self.readable && !self.closing && self.server.input_capacity() > 0
+        self.readable && self.takes_input()
+    }
+
+    /// Nothing is read while a job runs: the bytes could not be acted on
+    /// before its answer anyway, and an end of stream read now would close
+    /// the machine before it sends the job's reply (a client that pipelines
+    /// `.` and QUIT, then half-closes, would never see its message's 250).
+    fn takes_input(&self) -> bool {
+        !self.closing && self.job.is_none() && self.server.input_capacity() > 0
     }
 
     /// When the machine needs [`Session::timeout`].
@@ -154,7 +162,7 @@ impl Session {
                 };
             }
             let room = self.server.input_capacity().min(buf.len());
-            if !self.readable || room == 0 || reads == READ_BUDGET {
+            if !self.readable || self.job.is_some() || room == 0 || reads == READ_BUDGET {
                 return Status::Open;
             }
             reads += 1;
@@ -205,19 +213,13 @@ mod tests {
     use crate::smtp::host::Decision;
     use crate::smtp::Request;
 
-    /// Serves `chunks` one read at a time, then `WouldBlock` (or EOF once
-    /// `eof` is set and the chunks are gone).
+    /// Serves its chunks one read at a time, then `WouldBlock`, or EOF
+    /// once `eof` is set.
     #[derive(Default)]
     struct Input {
         chunks: VecDeque<Vec<u8>>,
         eof: bool,
         reads: usize,
-    }
-
-    impl Input {
-        fn push(&mut self, bytes: &[u8]) {
-            self.chunks.push_back(bytes.to_vec());
-        }
     }
 
     impl Read for &mut Input {
@@ -247,21 +249,6 @@ mod tests {
         writes: usize,
     }
 
-    impl Output {
-        fn new(step: usize) -> Self {
-            Output {
-                sent: Vec::new(),
-                step,
-                room: usize::MAX,
-                writes: 0,
-            }
-        }
-
-        fn text(&self) -> String {
-            String::from_utf8_lossy(&self.sent).into_owned()
-        }
-    }
-
     impl Write for &mut Output {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             if self.room == 0 {
@@ -281,8 +268,8 @@ mod tests {
 
     type Log = Arc<Mutex<Vec<String>>>;
 
-    /// Accepts everything; commits in a job (or in a job that panics when
-    /// the body says "panic"), and logs what it sees.
+    /// Says yes to everything; commits in a job that logs the body's size,
+    /// or panics if the body begins with "panic".
     struct Host {
         log: Log,
         body: Vec<u8>,
@@ -290,16 +277,16 @@ mod tests {
 
     impl SmtpHost for Host {
         fn decide(&mut self, request: Request) -> Decision {
-            if let Request::EndOfData = request {
-                let body = std::mem::take(&mut self.body);
-                let log = Arc::clone(&self.log);
-                return Decision::Later(Box::new(move || {
-                    assert!(!body.starts_with(b"panic"), "the job fails");
-                    log.lock().unwrap().push(format!("commit {}", body.len()));
-                    Verdict::AcceptWith(Reply::new(250, "2.0.0", "ok queued"))
-                }));
-            }
-            Decision::Now(Verdict::Accept)
+            let Request::EndOfData = request else {
+                return Decision::Now(Verdict::Accept);
+            };
+            let body = std::mem::take(&mut self.body);
+            let log = Arc::clone(&self.log);
+            Decision::Later(Box::new(move || {
+                assert!(!body.starts_with(b"panic"), "the job fails");
+                log.lock().unwrap().push(format!("commit {}", body.len()));
+                Verdict::AcceptWith(Reply::new(250, "2.0.0", "ok queued"))
+            }))
         }
 
         fn message_data(&mut self, data: &[u8]) {
@@ -314,297 +301,263 @@ mod tests {
         }
     }
 
-    fn session(now: Instant) -> (Session, Log) {
-        let log = Log::default();
-        let host = Host {
-            log: Arc::clone(&log),
-            body: Vec::new(),
-        };
-        let mut config = Config::new("test.example");
-        config.idle_timeout = Duration::from_secs(60);
-        (Session::new(Arc::new(config), Box::new(host), now), log)
+    /// A session between an in-memory peer and a host, at a fixed instant.
+    struct Rig {
+        now: Instant,
+        session: Session,
+        input: Input,
+        output: Output,
+        buf: Vec<u8>,
+        log: Log,
+        /// Jobs run inline (as the ucspi mode does) unless this is set;
+        /// then they wait in `jobs` for the test to run them.
+        defer_jobs: bool,
+        jobs: Vec<(Ticket, Job)>,
     }
 
-    /// Runs jobs inline, as the ucspi mode does.
-    fn inline(_: Ticket, job: Job) -> Option<Verdict> {
-        Some(run_job(job))
-    }
+    impl Rig {
+        fn new() -> Rig {
+            let now = Instant::now();
+            let log = Log::default();
+            let host = Host {
+                log: Arc::clone(&log),
+                body: Vec::new(),
+            };
+            let mut config = Config::new("test.example");
+            config.idle_timeout = Duration::from_secs(60);
+            Rig {
+                now,
+                session: Session::new(Arc::new(config), Box::new(host), now),
+                input: Input::default(),
+                output: Output {
+                    sent: Vec::new(),
+                    step: usize::MAX,
+                    room: usize::MAX,
+                    writes: 0,
+                },
+                buf: vec![0; 512],
+                log,
+                defer_jobs: false,
+                jobs: Vec::new(),
+            }
+        }
 
-    /// Starts jobs "elsewhere": keeps them for the test to run.
-    fn deferred(jobs: &mut Vec<(Ticket, Job)>) -> impl FnMut(Ticket, Job) -> Option<Verdict> + '_ {
-        move |ticket, job| {
-            jobs.push((ticket, job));
-            None
+        fn send(&mut self, bytes: &[u8]) {
+            self.input.chunks.push_back(bytes.to_vec());
+        }
+
+        fn drive(&mut self) -> Status {
+            let Rig {
+                session,
+                input,
+                output,
+                buf,
+                defer_jobs,
+                jobs,
+                ..
+            } = self;
+            session.drive(self.now, input, output, buf, &mut |ticket, job| {
+                if !*defer_jobs {
+                    return Some(run_job(job));
+                }
+                jobs.push((ticket, job));
+                None
+            })
+        }
+
+        /// Runs the oldest deferred job and answers with its verdict.
+        fn finish_job(&mut self) {
+            let (ticket, job) = self.jobs.remove(0);
+            self.session.answer(self.now, ticket, run_job(job));
+        }
+
+        /// The deferred commit of [`TRANSACTION`] answers: its 250, then
+        /// the pipelined QUIT's 221 and the end.
+        fn commit_then_quit(&mut self) {
+            self.finish_job();
+            assert!(!self.session.has_job());
+            assert_eq!(self.drive(), Status::Done);
+            let text = self.text();
+            assert!(
+                text.ends_with(&format!("250 2.0.0 ok queued\r\n{CLOSING}")),
+                "{text}"
+            );
+            assert_eq!(self.log(), ["commit 6"]);
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.output.sent).into_owned()
+        }
+
+        fn replies(&self) -> Vec<String> {
+            self.text().lines().map(|l| l[..3].to_string()).collect()
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
         }
     }
 
     const TRANSACTION: &[u8] =
         b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n";
+    const CLOSING: &str = "221 2.0.0 test.example closing connection\r\n";
+    const GO_AHEAD: &str = "354 go ahead, end with <CRLF>.<CRLF>\r\n";
 
     #[test]
     fn partial_writes_send_every_byte_in_order() {
-        let now = Instant::now();
-        let (mut s, log) = session(now);
-        let mut input = Input::default();
-        input.push(TRANSACTION);
-        let mut output = Output::new(3);
-        let mut buf = [0; 512];
-        let status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Done);
-        let text = output.text();
-        assert!(text.starts_with("220 test.example"), "{text}");
-        let codes: Vec<&str> = text.lines().map(|l| &l[..3]).collect();
-        assert_eq!(codes, ["220", "250", "250", "250", "354", "250", "221"]);
-        assert!(output.writes >= text.len() / 3);
-        assert_eq!(*log.lock().unwrap(), ["commit 6"]);
+        let mut rig = Rig::new();
+        rig.output.step = 3;
+        rig.send(TRANSACTION);
+        assert_eq!(rig.drive(), Status::Done);
+        assert_eq!(
+            rig.replies(),
+            ["220", "250", "250", "250", "354", "250", "221"]
+        );
+        assert!(rig.text().ends_with(CLOSING));
+        assert_eq!(rig.output.writes, rig.output.sent.len().div_ceil(3));
+        assert_eq!(rig.log(), ["commit 6"]);
     }
 
     #[test]
     fn a_full_writer_keeps_the_session_open_until_it_drains() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        input.push(b"HELO c\r\nQUIT\r\n");
-        let mut output = Output::new(3);
-        output.room = 10;
-        let mut buf = [0; 512];
-        let status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Open);
-        assert!(s.wants_write());
-        assert_eq!(output.sent.len(), 10);
+        let mut rig = Rig::new();
+        rig.output.step = 3;
+        rig.output.room = 10;
+        rig.send(b"HELO c\r\nQUIT\r\n");
+        assert_eq!(rig.drive(), Status::Open);
+        assert!(rig.session.wants_write());
+        assert_eq!(rig.output.sent.len(), 10);
         // The peer reads: the rest goes out, then the session is done.
-        output.room = usize::MAX;
-        let status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Done);
-        assert!(!s.wants_write());
-        assert!(output
-            .text()
-            .ends_with("221 2.0.0 test.example closing connection\r\n"));
+        rig.output.room = usize::MAX;
+        assert_eq!(rig.drive(), Status::Done);
+        assert!(!rig.session.wants_write());
+        assert!(rig.text().ends_with(CLOSING));
     }
 
     #[test]
     fn reads_stop_at_the_budget_and_resume() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
+        let mut rig = Rig::new();
         for _ in 0..READ_BUDGET + 3 {
-            input.push(b"NOOP\r\n");
+            rig.send(b"NOOP\r\n");
         }
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        let status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Open);
-        assert_eq!(input.reads, READ_BUDGET);
-        assert!(
-            s.more_input(),
-            "stopped for fairness, not for lack of bytes"
-        );
-        assert!(!s.wants_read());
-        let status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Open);
+        assert_eq!(rig.drive(), Status::Open);
+        assert_eq!(rig.input.reads, READ_BUDGET);
+        assert!(rig.session.more_input(), "stopped for fairness");
+        assert!(!rig.session.wants_read());
+        assert_eq!(rig.drive(), Status::Open);
         // Three more NOOPs, then the read that finds nothing.
-        assert_eq!(input.reads, READ_BUDGET + 4);
-        assert!(!s.more_input());
-        assert!(s.wants_read(), "ran dry: wait for readiness");
-        assert_eq!(output.text().lines().count(), 1 + READ_BUDGET + 3);
+        assert_eq!(rig.input.reads, READ_BUDGET + 4);
+        assert!(!rig.session.more_input());
+        assert!(rig.session.wants_read(), "ran dry: wait for readiness");
+        assert_eq!(rig.replies().len(), 1 + READ_BUDGET + 3);
     }
 
     #[test]
     fn no_read_until_told_readable_again() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(input.reads, 1);
-        input.push(b"NOOP\r\n");
+        let mut rig = Rig::new();
+        rig.drive();
+        assert_eq!(rig.input.reads, 1);
+        rig.send(b"NOOP\r\n");
         // Edge-triggered: without a readiness event the bytes wait.
-        s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(input.reads, 1);
-        s.set_readable();
-        s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert!(
-            output.text().ends_with("250 2.0.0 ok\r\n"),
-            "{}",
-            output.text()
-        );
+        rig.drive();
+        assert_eq!(rig.input.reads, 1);
+        rig.session.set_readable();
+        rig.drive();
+        assert_eq!(rig.replies(), ["220", "250"]);
     }
 
     #[test]
     fn reads_are_bounded_by_the_buffer() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        input.push(TRANSACTION);
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 4];
-        let mut status = Status::Open;
-        for _ in 0..TRANSACTION.len() {
-            status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-            if status != Status::Open {
-                break;
-            }
-        }
-        assert_eq!(status, Status::Done);
-        assert!(output
-            .text()
-            .ends_with("221 2.0.0 test.example closing connection\r\n"));
+        let mut rig = Rig::new();
+        rig.buf = vec![0; 4];
+        rig.send(TRANSACTION);
+        // Four bytes a read, eight reads a drive.
+        let drives = (0..TRANSACTION.len()).take_while(|_| rig.drive() == Status::Open);
+        assert_eq!(
+            drives.count(),
+            TRANSACTION.len().div_ceil(4 * READ_BUDGET) - 1
+        );
+        assert!(rig.text().ends_with(CLOSING));
     }
 
     #[test]
     fn closes_only_after_the_last_reply_is_flushed() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        input.push(b"QUIT\r\n");
-        let mut output = Output::new(1);
-        output.room = 5;
-        let mut buf = [0; 512];
-        let mut drives = 0;
-        loop {
+        let mut rig = Rig::new();
+        rig.output.step = 1;
+        rig.output.room = 5;
+        rig.send(b"QUIT\r\n");
+        let mut drives = 1;
+        while rig.drive() == Status::Open {
+            // The peer reads five more bytes.
+            rig.output.room = 5;
             drives += 1;
-            match s.drive(now, &mut input, &mut output, &mut buf, &mut inline) {
-                Status::Open => output.room = 5,
-                status => {
-                    assert_eq!(status, Status::Done);
-                    break;
-                }
-            }
         }
         assert!(drives > 2);
-        assert!(output
-            .text()
-            .ends_with("221 2.0.0 test.example closing connection\r\n"));
+        assert!(rig.text().ends_with(CLOSING));
         // Nothing is read after QUIT, even with bytes waiting.
-        input.push(b"NOOP\r\n");
-        s.set_readable();
-        let reads = input.reads;
-        assert_eq!(
-            s.drive(now, &mut input, &mut output, &mut buf, &mut inline),
-            Status::Done
-        );
-        assert_eq!(input.reads, reads);
-        assert!(!s.more_input() && !s.wants_read());
+        let reads = rig.input.reads;
+        rig.send(b"NOOP\r\n");
+        rig.session.set_readable();
+        assert_eq!(rig.drive(), Status::Done);
+        assert_eq!(rig.input.reads, reads);
+        assert!(!rig.session.more_input() && !rig.session.wants_read());
     }
 
     #[test]
     fn a_pending_job_keeps_the_session_open() {
-        let now = Instant::now();
-        let (mut s, log) = session(now);
-        let mut input = Input::default();
-        input.push(TRANSACTION);
-        input.eof = true;
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        let mut jobs = Vec::new();
-        let status = s.drive(
-            now,
-            &mut input,
-            &mut output,
-            &mut buf,
-            &mut deferred(&mut jobs),
-        );
-        // QUIT and the EOF wait behind the message's commit.
-        assert_eq!(status, Status::Open);
-        assert!(s.has_job());
-        assert_eq!(jobs.len(), 1);
-        assert!(
-            output
-                .text()
-                .ends_with("go ahead, end with <CRLF>.<CRLF>\r\n"),
-            "{}",
-            output.text()
-        );
+        let mut rig = Rig::new();
+        rig.defer_jobs = true;
+        rig.send(TRANSACTION);
+        // The pipelined QUIT waits behind the message's commit.
+        assert_eq!(rig.drive(), Status::Open);
+        assert!(rig.session.has_job());
+        assert!(rig.text().ends_with(GO_AHEAD));
         // A farewell now would lie: the message may yet be accepted.
-        s.farewell(&mut output);
-        assert!(!output.text().contains("421"));
-        let status = s.drive(
-            now,
-            &mut input,
-            &mut output,
-            &mut buf,
-            &mut deferred(&mut jobs),
-        );
-        assert_eq!(status, Status::Open);
-        let (ticket, job) = jobs.pop().unwrap();
-        s.answer(now, ticket, run_job(job));
-        assert!(!s.has_job());
-        let status = s.drive(
-            now,
-            &mut input,
-            &mut output,
-            &mut buf,
-            &mut deferred(&mut jobs),
-        );
-        assert_eq!(status, Status::Done);
-        let text = output.text();
-        assert!(text.contains("250 2.0.0 ok queued\r\n221 "), "{text}");
-        assert_eq!(*log.lock().unwrap(), ["commit 6"]);
+        rig.session.farewell(&mut rig.output);
+        assert_eq!(rig.drive(), Status::Open);
+        assert!(rig.text().ends_with(GO_AHEAD));
+        rig.commit_then_quit();
+    }
+
+    #[test]
+    fn eof_after_a_pipelined_quit_waits_for_the_job() {
+        let mut rig = Rig::new();
+        rig.defer_jobs = true;
+        rig.send(TRANSACTION);
+        rig.input.eof = true;
+        assert_eq!(rig.drive(), Status::Open);
+        assert!(!rig.session.more_input() && !rig.session.wants_read());
+        rig.commit_then_quit();
     }
 
     #[test]
     fn a_stale_answer_is_dropped() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        input.push(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\n");
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        let mut jobs = Vec::new();
-        s.drive(
-            now,
-            &mut input,
-            &mut output,
-            &mut buf,
-            &mut deferred(&mut jobs),
-        );
-        let (ticket, job) = jobs.pop().unwrap();
-        s.answer(now, ticket, run_job(job));
+        let mut rig = Rig::new();
+        rig.defer_jobs = true;
+        rig.send(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nx\r\n.\r\n");
+        rig.drive();
+        let (ticket, job) = rig.jobs.remove(0);
+        rig.session.answer(rig.now, ticket, run_job(job));
         // The same ticket again, as from a job that answered twice.
-        s.answer(now, ticket, Verdict::Accept);
-        input.push(b"QUIT\r\n");
-        s.set_readable();
-        let status = s.drive(
-            now,
-            &mut input,
-            &mut output,
-            &mut buf,
-            &mut deferred(&mut jobs),
-        );
-        assert_eq!(status, Status::Done);
-        assert_eq!(output.text().matches("250 2.0.0 ok queued").count(), 1);
+        rig.session.answer(rig.now, ticket, Verdict::Accept);
+        rig.send(b"QUIT\r\n");
+        rig.session.set_readable();
+        assert_eq!(rig.drive(), Status::Done);
+        assert_eq!(rig.text().matches("250 2.0.0 ok queued").count(), 1);
     }
 
     #[test]
     fn eof_in_the_middle_of_data_aborts_the_message() {
-        let now = Instant::now();
-        let (mut s, log) = session(now);
-        let mut input = Input::default();
-        input.push(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhalf a mess");
-        input.push(b"age\r\nand more\r\n");
-        input.eof = true;
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        let mut jobs = Vec::new();
-        let status = s.drive(
-            now,
-            &mut input,
-            &mut output,
-            &mut buf,
-            &mut deferred(&mut jobs),
-        );
-        assert_eq!(status, Status::Done);
-        assert!(jobs.is_empty(), "nothing is committed");
-        assert!(!s.has_job());
-        assert_eq!(*log.lock().unwrap(), ["abort"]);
-        assert!(
-            output
-                .text()
-                .ends_with("go ahead, end with <CRLF>.<CRLF>\r\n"),
-            "{}",
-            output.text()
-        );
+        let mut rig = Rig::new();
+        rig.defer_jobs = true;
+        rig.send(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\nhalf a mess");
+        rig.send(b"age\r\nand more\r\n");
+        rig.input.eof = true;
+        assert_eq!(rig.drive(), Status::Done);
+        assert!(rig.jobs.is_empty(), "nothing is committed");
+        assert!(!rig.session.has_job());
+        assert_eq!(rig.log(), ["abort"]);
+        assert!(rig.text().ends_with(GO_AHEAD));
     }
 
     #[test]
@@ -615,14 +568,16 @@ mod tests {
                 Err(io::ErrorKind::ConnectionReset.into())
             }
         }
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        assert_eq!(
-            s.drive(now, Reset, &mut output, &mut buf, &mut inline),
-            Status::Done
+        let mut rig = Rig::new();
+        let status = rig.session.drive(
+            rig.now,
+            Reset,
+            &mut rig.output,
+            &mut rig.buf,
+            &mut |_, _| None,
         );
+        assert_eq!(status, Status::Done);
+        assert_eq!(rig.replies(), ["220"]);
     }
 
     #[test]
@@ -636,73 +591,56 @@ mod tests {
                 Ok(())
             }
         }
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        let mut buf = [0; 512];
-        assert_eq!(
-            s.drive(now, &mut input, Broken, &mut buf, &mut inline),
-            Status::Failed
+        let mut rig = Rig::new();
+        let status = rig.session.drive(
+            rig.now,
+            &mut rig.input,
+            Broken,
+            &mut rig.buf,
+            &mut |_, _| None,
         );
+        assert_eq!(status, Status::Failed);
     }
 
     #[test]
     fn a_panicking_job_becomes_a_451() {
-        let now = Instant::now();
-        let (mut s, log) = session(now);
-        let mut input = Input::default();
-        input.push(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\npanic\r\n.\r\nQUIT\r\n");
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        let status = s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Done);
-        let text = output.text();
+        let mut rig = Rig::new();
+        rig.send(b"HELO c\r\nMAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\npanic\r\n.\r\nQUIT\r\n");
+        assert_eq!(rig.drive(), Status::Done);
+        let text = rig.text();
         assert!(
             text.contains("\r\n451 4.3.0 local error; try again later\r\n221 "),
             "{text}"
         );
-        assert!(log.lock().unwrap().is_empty());
+        assert!(rig.log().is_empty());
     }
 
     #[test]
-    fn farewell_tells_an_idle_client_once() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        s.farewell(&mut output);
-        assert!(output.text().ends_with("\r\n421 4.3.2 shutting down\r\n"));
+    fn farewell_tells_an_idle_client_why() {
+        let mut rig = Rig::new();
+        rig.drive();
+        rig.session.farewell(&mut rig.output);
+        assert!(rig.text().ends_with("\r\n421 4.3.2 shutting down\r\n"));
     }
 
     #[test]
     fn farewell_stays_quiet_while_replies_are_unsent() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        let mut output = Output::new(usize::MAX);
-        output.room = 0;
-        let mut buf = [0; 512];
-        s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        assert!(s.wants_write());
-        output.room = usize::MAX;
-        s.farewell(&mut output);
-        assert!(output.sent.is_empty(), "no 421 before the 220");
+        let mut rig = Rig::new();
+        rig.output.room = 0;
+        rig.drive();
+        assert!(rig.session.wants_write());
+        rig.output.room = usize::MAX;
+        rig.session.farewell(&mut rig.output);
+        assert!(rig.output.sent.is_empty(), "no 421 before the 220");
     }
 
     #[test]
     fn the_idle_timeout_closes_with_421() {
-        let now = Instant::now();
-        let (mut s, _) = session(now);
-        let mut input = Input::default();
-        let mut output = Output::new(usize::MAX);
-        let mut buf = [0; 512];
-        s.drive(now, &mut input, &mut output, &mut buf, &mut inline);
-        let at = s.deadline().expect("an idle deadline");
-        s.timeout(at);
-        let status = s.drive(at, &mut input, &mut output, &mut buf, &mut inline);
-        assert_eq!(status, Status::Done);
-        assert!(output.text().contains("421 4.4.2"), "{}", output.text());
+        let mut rig = Rig::new();
+        rig.drive();
+        rig.now = rig.session.deadline().expect("an idle deadline");
+        rig.session.timeout(rig.now);
+        assert_eq!(rig.drive(), Status::Done);
+        assert!(rig.text().contains("421 4.4.2"), "{}", rig.text());
     }
 }
