@@ -43,6 +43,11 @@ pub struct SmtpdArgs {
     /// Connections from one IP address at once.
     #[arg(long, default_value_t = 50)]
     max_per_ip: usize,
+    /// Threads that commit messages (write, fsync) off the event loop.
+    /// Concurrent fsyncs share ext4 journal commits, so more than the
+    /// number of cores raises the accept rate; they mostly sleep.
+    #[arg(long, default_value_t = ServeLimits::default().blocking_threads)]
+    commit_threads: usize,
     /// s/qmail's `checkpassword subprogram` for SMTP AUTH. Accepted so that
     /// existing run scripts start; AUTH itself is not offered yet.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
@@ -148,7 +153,7 @@ fn daemon(home: &Home, args: &SmtpdArgs) -> Result<(), String> {
     let limits = ServeLimits {
         max_connections: args.max_connections,
         max_per_ip: args.max_per_ip,
-        ..ServeLimits::default()
+        blocking_threads: args.commit_threads.max(1),
     };
     let shutdown = Shutdown::new();
     let _signals = signals::trigger_on_signals(&shutdown).map_err(|e| e.to_string())?;

@@ -1,8 +1,3 @@
-//! The mio daemon and stdio mode over real loopback sockets.
-//!
-//! Every wait here is bounded (socket read timeouts, `recv_timeout`), so a
-//! broken runtime fails a test instead of hanging it.
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -15,7 +10,6 @@ use std::time::{Duration, Instant};
 use sqmail_core::service::{Admission, Runtime, ServeLimits, SessionFactory, Shutdown};
 use sqmail_core::smtp::host::{Decision, SmtpHost};
 use sqmail_core::smtp::{Config, Reply, Request, Verdict};
-use sqmail_mio::Mio as Rt;
 
 const WAIT: Duration = Duration::from_secs(10);
 
