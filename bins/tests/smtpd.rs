@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{code, Client, Daemon, TestHome};
 
@@ -63,31 +62,17 @@ with smtplib.SMTP("127.0.0.1", {port}, timeout=10) as s:
 fn ucspi_mode_reads_the_tcpserver_environment() {
     let home = TestHome::new("ucspi");
     home.control("rcpthosts", "example.org\n");
-    let mut child = common::sqmail()
-        .args(["smtpd", "--home"])
-        .arg(&home.path)
-        .env("TCPREMOTEIP", "192.0.2.7")
-        .env("TCPREMOTEHOST", "client.example.net")
-        .env("TCPLOCALHOST", "mx.example.org")
-        .env("RELAYCLIENT", "")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@relayed.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n")
-        .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    let (out, ok) = common::ucspi(
+        &home.path,
+        &[
+            ("TCPREMOTEIP", "192.0.2.7"),
+            ("TCPREMOTEHOST", "client.example.net"),
+            ("TCPLOCALHOST", "mx.example.org"),
+            ("RELAYCLIENT", ""),
+        ],
+        b"EHLO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<x@relayed.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(ok);
     let codes: Vec<u16> = out
         .lines()
         .filter(|l| l.as_bytes().get(3) == Some(&b' '))
@@ -117,31 +102,14 @@ fn qmailqueue_names_the_injection_program() {
     )
     .unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mut child = common::sqmail()
-        .args(["smtpd", "--home"])
-        .arg(&home.path)
-        .env("QMAILQUEUE", &script)
-        .env("TCPREMOTEIP", "127.0.0.1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<postmaster>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n",
-        )
-        .unwrap();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child.wait().unwrap();
+    let (out, _) = common::ucspi(
+        &home.path,
+        &[
+            ("QMAILQUEUE", script.to_str().unwrap()),
+            ("TCPREMOTEIP", "127.0.0.1"),
+        ],
+        b"HELO c\r\nMAIL FROM:<a@b.c>\r\nRCPT TO:<postmaster>\r\nDATA\r\nbody\r\n.\r\nQUIT\r\n",
+    );
     assert!(out.contains("\r\n250 2.0.0 ok "), "{out}");
     let msg = std::fs::read_to_string(saved.with_extension("msg")).unwrap();
     assert!(msg.ends_with("\nbody\n"), "{msg}");

@@ -62,6 +62,29 @@ impl Drop for TestHome {
     }
 }
 
+/// One `sqmail smtpd` session in ucspi mode: `input` on stdin, with `env`
+/// as tcpserver would set it; returns what it wrote and whether it exited 0.
+pub fn ucspi(home: &Path, env: &[(&str, &str)], input: &[u8]) -> (String, bool) {
+    use std::io::Read;
+    let mut child = sqmail()
+        .args(["smtpd", "--home"])
+        .arg(home)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (out, child.wait().unwrap().success())
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
