@@ -43,6 +43,23 @@ pub struct External {
     reaped: bool,
 }
 
+/// `exec` of a file that another process has open for writing fails with
+/// ETXTBSY. That happens for a moment after the program is replaced, or
+/// while some thread's fork still holds the descriptor it was written
+/// with; it passes within milliseconds, so a few retries cover it.
+fn spawn_retrying(cmd: &mut Command) -> io::Result<std::process::Child> {
+    let mut tries = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5 * tries));
+            }
+            result => return result,
+        }
+    }
+}
+
 impl External {
     /// Start `program` (relative names are taken from `qmail_home`, with no
     /// PATH search, like `execv` after qmail's `chdir`). 61 if the home
@@ -73,7 +90,7 @@ impl External {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(exec_err)?;
+        let mut child = spawn_retrying(&mut cmd).map_err(exec_err)?;
         drop(cmd);
         drop(custom_write);
         let message = child.stdin.take();
