@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{home::Home, setup, smtpd};
+use crate::{home::Home, inject, sendmail, setup, smtpd};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,17 @@ enum Program {
     /// Queue one message (qmail-queue): the message on fd 0, the envelope
     /// on fd 1; exits with qmail-queue's codes.
     Queue(HomeArgs),
+    /// Inject a message from stdin (qmail-inject): complete its header
+    /// (Date, Message-ID, From) and queue it.
+    Inject(inject::InjectArgs),
+    /// The sendmail interface for MUAs and cron: -t, -f, -F, -bs.
+    Sendmail(sendmail::SendmailArgs),
+    /// `mailq`: listing the queue is not implemented yet; says so.
+    #[command(hide = true)]
+    Mailq(IgnoredArgs),
+    /// `newaliases`: refused, as in qmail (no aliases database).
+    #[command(hide = true)]
+    Newaliases(IgnoredArgs),
     /// Create a complete, empty qmail home: directories, queue and the
     /// minimal control files. Never overwrites an existing file.
     Setup(HomeArgs),
@@ -40,6 +51,13 @@ pub struct HomeArgs {
     pub home: PathBuf,
 }
 
+/// Arguments a refusing program accepts and ignores.
+#[derive(Args, Clone, Debug)]
+pub struct IgnoredArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
 impl HomeArgs {
     pub fn home(&self) -> Home {
         Home::new(self.home.clone())
@@ -47,7 +65,14 @@ impl HomeArgs {
 }
 
 /// qmail's program names and the subcommand each one is.
-const PROGRAM_NAMES: [(&str, &str); 2] = [("qmail-smtpd", "smtpd"), ("qmail-queue", "queue")];
+const PROGRAM_NAMES: [(&str, &str); 6] = [
+    ("qmail-smtpd", "smtpd"),
+    ("qmail-queue", "queue"),
+    ("qmail-inject", "inject"),
+    ("sendmail", "sendmail"),
+    ("mailq", "mailq"),
+    ("newaliases", "newaliases"),
+];
 
 /// `qmail-smtpd ARGS` → `sqmail smtpd ARGS`, by the name we were called.
 pub fn expand_program_name(mut args: Vec<OsString>) -> Vec<OsString> {
@@ -75,6 +100,10 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Program::Smtpd(args) => smtpd::main(args),
         Program::Queue(args) => queue_main(&args.home()),
         Program::Setup(args) => setup::main(&args.home()),
+        Program::Inject(args) => inject::main(args),
+        Program::Sendmail(args) => sendmail::main(args),
+        Program::Mailq(_) => sendmail::mailq(),
+        Program::Newaliases(_) => sendmail::newaliases(),
     }
 }
 

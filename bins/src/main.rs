@@ -5,7 +5,9 @@
 mod cli;
 mod controls;
 mod home;
+mod inject;
 mod runtime;
+mod sendmail;
 mod setup;
 mod signals;
 mod smtpd;

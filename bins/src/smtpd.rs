@@ -93,7 +93,7 @@ fn injection_target(home: &Home) -> Result<Arc<Target>, String> {
 
 /// One session under tcpserver: the connection's facts come from its
 /// environment, as qmail-smtpd reads them.
-fn ucspi(home: &Home) -> Result<(), String> {
+pub(crate) fn ucspi(home: &Home) -> Result<(), String> {
     let loaded = match controls::load(home) {
         Ok(loaded) => loaded,
         Err(e) => {

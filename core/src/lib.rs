@@ -5,8 +5,10 @@
 //! what the machines want done. See `ARCHITECTURE.md` for the contract.
 
 pub mod address;
+pub mod bounce;
 pub mod conn;
 pub mod control;
+pub mod inject;
 pub mod policy;
 pub mod received;
 pub mod service;

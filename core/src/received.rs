@@ -10,7 +10,7 @@ const MONTHS: [&str; 12] = [
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), proleptic
 /// Gregorian (H. Hinnant's `civil_from_days`); exact for every `i64` day.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097); // 0..=146096

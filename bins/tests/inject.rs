@@ -1,0 +1,201 @@
+//! `sqmail inject` and `sqmail sendmail` end to end: a message on stdin,
+//! checked against the queue files they leave.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use common::{sqmail, TestHome};
+
+fn run(home: &TestHome, program: &str, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
+    let mut child = sqmail()
+        .arg(program)
+        .arg("--home")
+        .arg(&home.path)
+        .args(args)
+        .env_remove("QMAILQUEUE")
+        .env_remove("QMAILINJECT")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn home(name: &str) -> TestHome {
+    let home = TestHome::new(name);
+    home.control("me", "mx.example.org\n");
+    home.control("defaultdomain", "example.org\n");
+    home
+}
+
+#[test]
+fn inject_queues_with_completed_header() {
+    let home = home("inject-ok");
+    let out = run(
+        &home,
+        "inject",
+        &["-f", "robot", "bob", "carol@elsewhere.test"],
+        &[
+            ("QMAILUSER", "alice"),
+            ("QMAILNAME", "Alice A."),
+            ("QMAILHOST", "example.org"),
+        ],
+        "Subject: hello\nBcc: hidden@x.test\n\nbody\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = home.queued();
+    assert_eq!(queued.len(), 1);
+    let (envelope, text) = &queued[0];
+    assert!(
+        envelope.iter().any(|r| r == "Frobot@mx.example.org"),
+        "{envelope:?}"
+    );
+    assert!(
+        envelope.iter().any(|r| r == "Tbob@mx.example.org"),
+        "{envelope:?}"
+    );
+    assert!(
+        envelope.iter().any(|r| r == "Tcarol@elsewhere.test"),
+        "{envelope:?}"
+    );
+    assert!(
+        !envelope.iter().any(|r| r.contains("hidden")),
+        "{envelope:?}"
+    );
+    assert!(text.starts_with("Received: (qmail "), "{text}");
+    assert!(text.contains("\nDate: "), "{text}");
+    assert!(text.contains(".qmail@mx.example.org>\n"), "{text}");
+    assert!(
+        text.contains("\nFrom: \"Alice A.\" <alice@example.org>\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nCc: recipient list not shown: ;\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("Subject: hello\n\nbody\n"), "{text}");
+    assert!(!text.contains("Bcc"), "{text}");
+}
+
+#[test]
+fn sendmail_t_reads_recipients_from_the_header() {
+    let home = home("sendmail-t");
+    let out = run(
+        &home,
+        "sendmail",
+        &["-t", "-oi", "-odb", "-F", "Cron Daemon", "-f", "root@host.example.org"],
+        &[],
+        "To: admin, Ops <ops@x.test>\nCc: team: a@x.test, b@x.test;\nBcc: audit\nSubject: cron\n\nout\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = home.queued();
+    assert_eq!(queued.len(), 1);
+    let (envelope, text) = &queued[0];
+    let mut rcpts: Vec<&str> = envelope
+        .iter()
+        .filter_map(|r| r.strip_prefix('T'))
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "a@x.test",
+            "admin@mx.example.org",
+            "audit@mx.example.org",
+            "b@x.test",
+            "ops@x.test"
+        ]
+    );
+    assert!(
+        envelope.iter().any(|r| r == "Froot@host.example.org"),
+        "{envelope:?}"
+    );
+    assert!(
+        text.contains("\nFrom: \"Cron Daemon\" <root@host.example.org>\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nTo: admin@mx.example.org, Ops <ops@x.test>\n"),
+        "{text}"
+    );
+    assert!(!text.contains("audit"), "{text}");
+}
+
+#[test]
+fn bad_address_exits_100_and_queues_nothing() {
+    let home = home("inject-bad");
+    let out = run(
+        &home,
+        "inject",
+        &[],
+        &[],
+        "From: <broken\nTo: a@b.test\n\nx\n",
+    );
+    assert_eq!(out.status.code(), Some(100));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("qmail-inject: fatal: unable to parse this line:\nFrom: <broken"),
+        "{err}"
+    );
+    let out = run(&home, "sendmail", &["a@(b"], &[], "x\n");
+    assert_eq!(out.status.code(), Some(100));
+    let out = run(&home, "sendmail", &["-t"], &[], "Subject: nobody\n\nx\n");
+    assert_eq!(out.status.code(), Some(100));
+    assert!(home.queued().is_empty());
+}
+
+#[test]
+fn queue_failure_is_temporary() {
+    let home = home("inject-qq");
+    let out = run(
+        &home,
+        "inject",
+        &["a@b.test"],
+        &[("QMAILQUEUE", "/bin/false")],
+        "x\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(111),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(home.queued().is_empty());
+}
+
+#[test]
+fn sendmail_bs_speaks_smtp_and_bp_is_refused() {
+    let home = home("sendmail-bs");
+    let out = run(
+        &home,
+        "sendmail",
+        &["-bs"],
+        &[],
+        "HELO me\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+    );
+    assert!(out.status.success());
+    let replies = String::from_utf8_lossy(&out.stdout);
+    assert!(replies.contains("\r\n250 2.0.0 ok "), "{replies}");
+    assert_eq!(home.queued().len(), 1);
+    let out = run(&home, "sendmail", &["-bp"], &[], "");
+    assert_eq!(out.status.code(), Some(111));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
+}
