@@ -41,6 +41,8 @@ enum Program {
     /// Create a complete, empty qmail home: directories, queue and the
     /// minimal control files. Never overwrites an existing file.
     Setup(HomeArgs),
+    /// Compile users/assign into users/cdb, atomically (qmail-newu).
+    Newu(HomeArgs),
 }
 
 /// Every program works on one qmail home.
@@ -65,13 +67,14 @@ impl HomeArgs {
 }
 
 /// qmail's program names and the subcommand each one is.
-const PROGRAM_NAMES: [(&str, &str); 6] = [
+const PROGRAM_NAMES: [(&str, &str); 7] = [
     ("qmail-smtpd", "smtpd"),
     ("qmail-queue", "queue"),
     ("qmail-inject", "inject"),
     ("sendmail", "sendmail"),
     ("mailq", "mailq"),
     ("newaliases", "newaliases"),
+    ("qmail-newu", "newu"),
 ];
 
 /// `qmail-smtpd ARGS` → `sqmail smtpd ARGS`, by the name we were called.
@@ -104,10 +107,22 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Program::Sendmail(args) => sendmail::main(args),
         Program::Mailq(_) => sendmail::mailq(),
         Program::Newaliases(_) => sendmail::newaliases(),
+        Program::Newu(args) => newu_main(&args.home()),
     }
 }
 
 /// qmail-queue: exit codes are the whole interface, so nothing is printed.
+/// qmail-newu: 111 on any trouble, with the reason on stderr.
+fn newu_main(home: &Home) -> ExitCode {
+    match sqmail_queue::local::newu(home.path()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qmail-newu: fatal: {e}");
+            ExitCode::from(111)
+        }
+    }
+}
+
 fn queue_main(home: &Home) -> ExitCode {
     use std::os::fd::FromRawFd;
     // fd 1 carries the envelope, as qmail-queue(8) says; it is not stdout.

@@ -199,3 +199,33 @@ fn sendmail_bs_speaks_smtp_and_bp_is_refused() {
     assert_eq!(out.status.code(), Some(111));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented"));
 }
+
+#[test]
+fn newu_compiles_users_assign() {
+    let home = TestHome::new("newu");
+    let assign = "=joe:joe:1001:1001:/home/joe:::\n+ftp-:ftp:1002:1002:/srv/ftp:-::\n.\n";
+    std::fs::write(home.path.join("users/assign"), assign).unwrap();
+    let status = common::sqmail()
+        .args(["newu", "--home"])
+        .arg(&home.path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cdb = sqmail_queue::CdbMap::open(&home.path.join("users/cdb")).unwrap();
+    // qmail-newu's bytes: the fields up to the sixth colon, colons as NULs.
+    assert_eq!(
+        cdb.get(b"!joe\0").unwrap().unwrap(),
+        b"joe\x001001\x001001\x00/home/joe\x00\x00"
+    );
+    std::fs::write(home.path.join("users/assign"), "=bad line\n.\n").unwrap();
+    let out = common::sqmail()
+        .args(["newu", "--home"])
+        .arg(&home.path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(111));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("assign"),
+        "names the file"
+    );
+}

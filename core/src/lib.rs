@@ -5,9 +5,11 @@
 //! what the machines want done. See `ARCHITECTURE.md` for the contract.
 
 pub mod address;
+pub mod assign;
 pub mod bounce;
 pub mod conn;
 pub mod control;
+pub mod dotqmail;
 pub mod inject;
 pub mod policy;
 pub mod received;

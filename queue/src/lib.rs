@@ -13,8 +13,10 @@
 pub mod cdbmap;
 pub mod envelope;
 pub mod external;
+pub mod local;
 mod program;
 pub mod qq;
+pub mod scheduler;
 pub mod setup;
 pub mod sink;
 pub mod store;

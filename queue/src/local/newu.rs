@@ -1,0 +1,41 @@
+//! `sqmail newu` (qmail-newu): users/assign → users/cdb, atomically.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use sqmail_core::assign;
+
+/// Compile `<qmail_home>/users/assign` into `users/cdb` through
+/// `users/cdb.tmp` and a rename, so qmail-lspawn never sees half a cdb.
+pub fn newu(qmail_home: &Path) -> Result<(), String> {
+    let users = qmail_home.join("users");
+    let assign_path = users.join("assign");
+    let text = fs::read(&assign_path)
+        .map_err(|e| format!("unable to read {}: {e}", assign_path.display()))?;
+    let shown = assign_path.to_string_lossy();
+    let assignments = assign::parse(&shown, &text).map_err(|e| e.to_string())?;
+    let tmp = users.join("cdb.tmp");
+    let werr = |e: std::io::Error| format!("unable to write {}: {e}", tmp.display());
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(werr)?;
+    let mut cdb = cdb::CDBMake::new(file.try_clone().map_err(werr)?).map_err(werr)?;
+    for (k, v) in assign::cdb_records(&assignments) {
+        cdb.add(&k, &v).map_err(werr)?;
+    }
+    cdb.finish().map_err(werr)?;
+    file.sync_all().map_err(werr)?;
+    drop(file);
+    fs::rename(&tmp, users.join("cdb"))
+        .map_err(|e| format!("unable to move {} to users/cdb: {e}", tmp.display()))?;
+    // Make the rename itself durable.
+    if let Ok(dir) = File::open(&users) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
