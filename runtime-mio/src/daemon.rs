@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use sqmail_core::service::{Admission, Registration, ServeLimits, SessionFactory, Shutdown};
-use sqmail_core::smtp::session::{Session, Status, READ_BUFFER};
+use sqmail_core::smtp::session::{discard_pending_input, Session, Status, READ_BUFFER};
 
 use crate::pool::{Done, Key, Pool};
 use crate::timers::Timers;
@@ -312,6 +312,7 @@ impl Daemon {
         if graceful {
             // FIN after the last reply, rather than leave it to the drop.
             let _ = conn.stream.shutdown(HalfClose::Write);
+            discard_pending_input(&conn.stream);
         }
         self.timers.update(slot, conn.deadline, None);
         if let Some(n) = self.per_ip.get_mut(&conn.ip) {

@@ -14,7 +14,7 @@ use smol::future;
 use smol::lock::{Semaphore, SemaphoreGuardArc};
 use smol::LocalExecutor;
 use sqmail_core::service::{Admission, ServeLimits, SessionFactory, Shutdown};
-use sqmail_core::smtp::session::{Session, Status, READ_BUFFER};
+use sqmail_core::smtp::session::{discard_pending_input, Session, Status, READ_BUFFER};
 
 use crate::drive;
 
@@ -161,6 +161,7 @@ async fn connection(stream: Async<TcpStream>, mut session: Session, guard: Leave
     if status == Status::Done {
         // FIN after the last reply, rather than leave it to the drop.
         let _ = stream.get_ref().shutdown(HalfClose::Write);
+        discard_pending_input(stream.get_ref());
     }
 }
 

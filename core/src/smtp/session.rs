@@ -644,3 +644,50 @@ mod tests {
         assert!(rig.text().contains("421 4.4.2"), "{}", rig.text());
     }
 }
+
+/// Reads and drops what the client has already sent, from a non-blocking
+/// reader, until it would block (at most 256 KiB). Call it after sending
+/// FIN and before closing: Linux answers a close with unread input by a
+/// reset, which can make the client discard our last reply (the 421 or
+/// 451 that explains why we close).
+pub fn discard_pending_input<R: Read>(mut reader: R) {
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        match reader.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod discard_tests {
+    use super::*;
+
+    /// Gives `left` bytes in small reads, then says it would block.
+    struct Pending {
+        left: usize,
+    }
+
+    impl Read for Pending {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.left.min(buf.len()).min(1000);
+            self.left -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn drains_until_it_would_block_and_no_further_than_the_bound() {
+        let mut r = Pending { left: 10_000 };
+        discard_pending_input(&mut r);
+        assert_eq!(r.left, 0);
+        let mut r = Pending { left: 10_000_000 };
+        discard_pending_input(&mut r);
+        assert_eq!(r.left, 10_000_000 - 64 * 1000);
+    }
+}
