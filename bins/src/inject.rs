@@ -11,6 +11,7 @@ use sqmail_core::inject::{inject, Recipients, Request, Settings};
 use sqmail_queue::{Envelope, Invoker, Target};
 
 use crate::cli::HomeArgs;
+use crate::getopt::{GetOpt, Opt};
 use crate::home::Home;
 
 #[derive(Args, Debug)]
@@ -55,40 +56,20 @@ fn parse_args(args: &[String], req: &mut Request) -> Result<(), Fatal> {
             100,
         )
     };
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        i += 1;
-        if a == "--" {
-            break;
-        }
-        if !a.starts_with('-') || a == "-" {
-            i -= 1;
-            break;
-        }
-        for (at, c) in a[1..].char_indices() {
-            match c {
-                'a' => req.recipients = Recipients::Args,
-                'A' => req.recipients = Recipients::Default,
-                'h' => req.recipients = Recipients::Header,
-                'H' => req.recipients = Recipients::Both,
-                'n' => req.print = true,
-                'N' => req.print = false,
-                'f' => {
-                    let rest = &a[2 + at..];
-                    req.sender = Some(if rest.is_empty() {
-                        i += 1;
-                        args.get(i - 1).cloned().ok_or_else(usage)?
-                    } else {
-                        rest.to_string()
-                    });
-                    break;
-                }
-                _ => return Err(usage()),
-            }
+    let mut opts = GetOpt::new(args, "aAhHnNf:");
+    for opt in opts.by_ref() {
+        match opt {
+            Opt::Flag('a') => req.recipients = Recipients::Args,
+            Opt::Flag('A') => req.recipients = Recipients::Default,
+            Opt::Flag('h') => req.recipients = Recipients::Header,
+            Opt::Flag('H') => req.recipients = Recipients::Both,
+            Opt::Flag('n') => req.print = true,
+            Opt::Flag('N') => req.print = false,
+            Opt::Value('f', sender) => req.sender = Some(sender),
+            _ => return Err(usage()),
         }
     }
-    req.args = args[i.min(args.len())..].to_vec();
+    req.args = opts.operands().to_vec();
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 mod cli;
 mod controls;
+mod getopt;
 mod home;
 mod inject;
 mod runtime;

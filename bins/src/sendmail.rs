@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use crate::cli::HomeArgs;
+use crate::getopt::{GetOpt, Opt};
 use crate::inject;
 
 #[derive(Args, Debug)]
@@ -39,52 +40,24 @@ const USAGE: &str = "usage: sendmail [ -t ] [ -fsender ] [ -Fname ] [ -bp ] [ -b
 /// sendmail.c's `getopt("vimte:f:p:o:B:F:EJxb:")`.
 fn parse(args: &[String]) -> Result<Parsed, ()> {
     let mut p = Parsed::default();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        i += 1;
-        if a == "--" {
-            break;
-        }
-        if !a.starts_with('-') || a == "-" {
-            i -= 1;
-            break;
-        }
-        for (at, c) in a[1..].char_indices() {
-            if "vimtxEJ".contains(c) {
-                match c {
-                    't' => p.header = true,
-                    // -E and -J take an optional argument in the same word.
-                    'E' | 'J' => break,
-                    _ => {}
-                }
-                continue;
-            }
-            if !"efpoBFb".contains(c) {
-                return Err(());
-            }
-            let rest = &a[2 + at..];
-            let value = if rest.is_empty() {
-                i += 1;
-                args.get(i - 1).cloned().ok_or(())?
-            } else {
-                rest.to_string()
-            };
-            match c {
-                'f' => p.sender = Some(value),
-                'F' => p.name = Some(value),
-                'b' => match value.chars().next() {
-                    Some('m') => {}
-                    Some('p') => p.queue_list = true,
-                    Some('s') => p.smtp = true,
-                    _ => return Err(()),
-                },
-                _ => {} // -e -p -o* -B: qmail has one mode for each
-            }
-            break;
+    let mut opts = GetOpt::new(args, "vimtxE?J?e:f:p:o:B:F:b:");
+    for opt in opts.by_ref() {
+        match opt {
+            Opt::Flag('t') => p.header = true,
+            Opt::Value('f', sender) => p.sender = Some(sender),
+            Opt::Value('F', name) => p.name = Some(name),
+            Opt::Value('b', mode) => match mode.chars().next() {
+                Some('m') => {}
+                Some('p') => p.queue_list = true,
+                Some('s') => p.smtp = true,
+                _ => return Err(()),
+            },
+            // -v -i -m -x -E -J -e -p -o* -B: qmail has one mode for each.
+            Opt::Flag(_) | Opt::Value(..) => {}
+            Opt::Bad(_) => return Err(()),
         }
     }
-    p.rest = args[i.min(args.len())..].to_vec();
+    p.rest = opts.operands().to_vec();
     Ok(p)
 }
 
