@@ -29,9 +29,9 @@ enum Program {
     Queue(HomeArgs),
     /// Inject a message from stdin (qmail-inject): complete its header
     /// (Date, Message-ID, From) and queue it.
-    Inject(inject::InjectArgs),
+    Inject(ProgramArgs),
     /// The sendmail interface for MUAs and cron: -t, -f, -F, -bs.
-    Sendmail(sendmail::SendmailArgs),
+    Sendmail(ProgramArgs),
     /// `mailq`: listing the queue is not implemented yet; says so.
     #[command(hide = true)]
     Mailq(IgnoredArgs),
@@ -51,6 +51,21 @@ pub struct HomeArgs {
     /// The qmail home directory.
     #[arg(long, env = "SQMAIL_HOME", default_value = "/var/qmail")]
     pub home: PathBuf,
+}
+
+/// A qmail program that parses its own command line (qmail-inject's
+/// `-nNaAhH -f`, sendmail's flags), which clap must pass through as is.
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+pub struct ProgramArgs {
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    /// The program's own options and arguments, as qmail's takes them.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// Arguments a refusing program accepts and ignores.

@@ -6,26 +6,12 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use clap::Args;
 use sqmail_core::inject::{inject, Recipients, Request, Settings};
 use sqmail_queue::{Envelope, Invoker, Target};
 
-use crate::cli::HomeArgs;
+use crate::cli::ProgramArgs;
 use crate::getopt::{GetOpt, Opt};
 use crate::home::Home;
-
-#[derive(Args, Debug)]
-#[command(disable_help_flag = true)]
-pub struct InjectArgs {
-    #[command(flatten)]
-    pub home: HomeArgs,
-    /// Print help.
-    #[arg(long, action = clap::ArgAction::Help)]
-    help: Option<bool>,
-    /// qmail-inject's own arguments: `[-nNaAhH] [-fsender] [recipient ...]`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
-}
 
 /// A failure: the text after `qmail-inject: fatal: ` and the exit code.
 pub struct Fatal(pub String, pub u8);
@@ -33,7 +19,7 @@ pub struct Fatal(pub String, pub u8);
 /// Environment lookups, so `sendmail` can add or hide variables.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
-pub fn main(args: InjectArgs) -> ExitCode {
+pub fn main(args: ProgramArgs) -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
     exit(run(&args.home.home(), &args.args, &env))
 }

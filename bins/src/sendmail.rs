@@ -5,24 +5,9 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
 
-use clap::Args;
-
-use crate::cli::HomeArgs;
+use crate::cli::ProgramArgs;
 use crate::getopt::{GetOpt, Opt};
 use crate::inject;
-
-#[derive(Args, Debug)]
-#[command(disable_help_flag = true)]
-pub struct SendmailArgs {
-    #[command(flatten)]
-    pub home: HomeArgs,
-    /// Print help.
-    #[arg(long, action = clap::ArgAction::Help)]
-    help: Option<bool>,
-    /// sendmail's arguments: `[-t] [-fsender] [-Fname] [-bs] [arg ...]`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
-}
 
 /// What the command line asks for.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -61,7 +46,7 @@ fn parse(args: &[String]) -> Result<Parsed, ()> {
     Ok(p)
 }
 
-pub fn main(args: SendmailArgs) -> ExitCode {
+pub fn main(args: ProgramArgs) -> ExitCode {
     let fatal = |text: &str, code: u8| {
         eprintln!("sendmail: fatal: {text}");
         ExitCode::from(code)
