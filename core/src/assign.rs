@@ -29,13 +29,8 @@ pub struct Assignment {
     pub kind: Kind,
     /// The local part (`=`) or its prefix (`+`), as written.
     pub local: Vec<u8>,
-    pub user: Vec<u8>,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: Vec<u8>,
-    pub dash: Vec<u8>,
-    /// `ext` for `=`, `pre` for `+`.
-    pub ext: Vec<u8>,
+    /// The user it maps to; `ext` holds the line's `ext` (`=`) or `pre` (`+`).
+    pub entry: UserEntry,
 }
 
 /// What qmail-lspawn hands qmail-local: who gets the mail and how.
@@ -106,12 +101,14 @@ fn parse_line(line: &[u8]) -> Result<Assignment, &'static str> {
     Ok(Assignment {
         kind,
         local,
-        user,
-        uid,
-        gid,
-        home,
-        dash,
-        ext,
+        entry: UserEntry {
+            user,
+            uid,
+            gid,
+            home,
+            dash,
+            ext,
+        },
     })
 }
 
@@ -134,26 +131,27 @@ impl Assignment {
         k
     }
 
-    /// The users/cdb value: the six fields joined by NUL.
+    /// The users/cdb value qmail-newu writes for this line.
     pub fn cdb_value(&self) -> Vec<u8> {
-        let mut v = Vec::new();
-        for (i, f) in [
-            &self.user[..],
-            self.uid.to_string().as_bytes(),
-            self.gid.to_string().as_bytes(),
+        self.entry.cdb_value()
+    }
+}
+
+impl UserEntry {
+    /// The six fields joined by NUL: the users/cdb value that `lookup`
+    /// decodes again.
+    pub fn cdb_value(&self) -> Vec<u8> {
+        let uid = self.uid.to_string();
+        let gid = self.gid.to_string();
+        let fields: [&[u8]; 6] = [
+            &self.user,
+            uid.as_bytes(),
+            gid.as_bytes(),
             &self.home,
             &self.dash,
             &self.ext,
-        ]
-        .iter()
-        .enumerate()
-        {
-            if i > 0 {
-                v.push(0);
-            }
-            v.extend_from_slice(f);
-        }
-        v
+        ];
+        fields.join(&0u8)
     }
 }
 

@@ -31,7 +31,7 @@ fn seed_examples() {
     assert_eq!(a.len(), 3);
     assert_eq!(a[0].kind, Kind::Exact);
     assert_eq!(a[1].kind, Kind::Prefix);
-    assert_eq!(a[2].uid, 2052);
+    assert_eq!(a[2].entry.uid, 2052);
     let m = map(&a);
     let ftp = find(&m, "ftp").unwrap();
     assert_eq!(ftp.user, b"alias");
