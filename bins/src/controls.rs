@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sqmail_core::control::SmtpdControls;
 use sqmail_core::policy::SmtpPolicy;
+use sqmail_core::smtp::Config;
 use sqmail_queue::cdbmap::CdbMap;
 
 use crate::home::Home;
@@ -31,6 +32,8 @@ const WATCHED: [&str; 8] = [
 pub struct Loaded {
     pub controls: SmtpdControls,
     pub policy: Arc<SmtpPolicy>,
+    /// The sessions' limits and texts, shared by every connection.
+    pub config: Arc<Config>,
 }
 
 /// Reads the controls (and `$DATABYTES`, which overrides them).
@@ -51,7 +54,20 @@ pub fn load(home: &Home) -> Result<Loaded, String> {
         Err(e) => return Err(format!("{}: {e}", more.display())),
     };
     let policy = Arc::new(SmtpPolicy::new(&controls, more));
-    Ok(Loaded { controls, policy })
+    let config = Arc::new(server_config(&controls));
+    Ok(Loaded {
+        controls,
+        policy,
+        config,
+    })
+}
+
+/// The session's limits and texts from the controls.
+fn server_config(controls: &SmtpdControls) -> Config {
+    let mut config = Config::new(controls.smtpgreeting.clone());
+    config.databytes = controls.databytes;
+    config.idle_timeout = Duration::from_secs(controls.timeoutsmtpd);
+    config
 }
 
 /// The controls of a daemon, reloaded when a file changes.

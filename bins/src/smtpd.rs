@@ -6,11 +6,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use clap::Args;
 use sqmail_core::conn::ConnInfo;
-use sqmail_core::control::SmtpdControls;
+use sqmail_core::control::scan_ulong;
 use sqmail_core::service::{Admission, Runtime, ServeLimits, SessionFactory, Shutdown};
 use sqmail_core::smtp::reception::Reception;
 use sqmail_core::smtp::Config;
@@ -76,14 +75,6 @@ pub fn main(args: SmtpdArgs) -> ExitCode {
     }
 }
 
-/// The session's limits and texts from the controls.
-fn server_config(controls: &SmtpdControls) -> Config {
-    let mut config = Config::new(controls.smtpgreeting.clone());
-    config.databytes = controls.databytes;
-    config.idle_timeout = Duration::from_secs(controls.timeoutsmtpd);
-    config
-}
-
 /// Where messages go: `$QMAILQUEUE` if set, else the queue itself.
 fn injection_target(home: &Home) -> Result<Arc<Target>, String> {
     Target::from_env(home.path())
@@ -118,9 +109,8 @@ pub(crate) fn ucspi(home: &Home) -> Result<(), String> {
             return Err(e);
         }
     };
-    let config = Arc::new(server_config(&loaded.controls));
-    let host = Reception::new(loaded.policy, conn, QueueStore::new(target));
-    Chosen::serve_smtp_stdio(config, Box::new(host)).map_err(|e| e.to_string())
+    let host = Reception::new(loaded.policy.clone(), conn, QueueStore::new(target));
+    Chosen::serve_smtp_stdio(loaded.config.clone(), Box::new(host)).map_err(|e| e.to_string())
 }
 
 fn daemon(home: &Home, args: &SmtpdArgs) -> Result<(), String> {
@@ -192,21 +182,26 @@ impl SessionFactory for Factory {
                 .and_then(|(_, v)| v.clone())
         };
         let loaded = self.controls.current();
-        let mut controls = loaded.controls.clone();
-        if let Some(value) = setting("DATABYTES") {
-            controls.apply_databytes_env(&value);
-        }
+        // A per-client DATABYTES (tcprules) changes only this session's limit.
+        let config = match setting("DATABYTES") {
+            Some(value) => {
+                let mut config = Config::clone(&loaded.config);
+                config.databytes = scan_ulong(&value);
+                Arc::new(config)
+            }
+            None => loaded.config.clone(),
+        };
         let conn = ConnInfo {
             remote_ip,
             remote_host: None,
             remote_info: None,
             local_ip: local.ip().to_canonical().to_string(),
-            local_host: controls.me.clone(),
+            local_host: loaded.controls.me.clone(),
             relay_client: setting("RELAYCLIENT"),
         };
         let store = QueueStore::new(self.target.clone());
         Admission::Accept {
-            config: Arc::new(server_config(&controls)),
+            config,
             host: Box::new(Reception::new(loaded.policy.clone(), conn, store)),
         }
     }

@@ -133,11 +133,16 @@ fn tcprules_deny_and_relayclient() {
         writer.finish().unwrap();
         std::fs::rename(&tmp, &rules).unwrap();
     };
-    write_rules("127.0.0.1:allow,RELAYCLIENT=\"\"\n:deny\n");
+    write_rules("127.0.0.1:allow,RELAYCLIENT=\"\",DATABYTES=\"1000\"\n:deny\n");
     let daemon = Daemon::start(&home.path, &["-x", rules.to_str().unwrap()]);
     let mut c = Client::connect(daemon.addr).unwrap();
     assert_eq!(code(&c.reply().unwrap()).unwrap(), 220);
-    assert_eq!(c.cmd("HELO c").unwrap(), 250);
+    c.send("EHLO c\r\n").unwrap();
+    let ehlo = c.reply().unwrap();
+    assert!(
+        ehlo.contains("250-SIZE 1000\r\n"),
+        "DATABYTES from the rules: {ehlo}"
+    );
     assert_eq!(c.cmd("MAIL FROM:<a@b.c>").unwrap(), 250);
     assert_eq!(
         c.cmd("RCPT TO:<anyone@relayed.test>").unwrap(),
