@@ -1,7 +1,12 @@
-//! sqmail's queue: the durable qmail queue on disk, and (later) the
-//! scheduler and local delivery.
+//! sqmail's queue: the durable qmail queue on disk, the scheduler, local
+//! delivery, and qmail-send, which drives them.
 //!
 //! - [`store`]: qmail 1.03's queue layout and write order, made durable;
+//! - [`spool`]: qmail-send's side of the queue: preprocessing, done marks,
+//!   bounce files, removal, recovery at startup and the cleanup pass;
+//! - [`scheduler`]: qmail-send's decisions as a pure machine;
+//! - [`local`]: qmail-lspawn and qmail-local;
+//! - [`send`]: qmail-send: the scheduler over the spool, with deliveries;
 //! - [`envelope`]: qmail-queue's envelope formats;
 //! - [`qq`]: qmail-queue's exit codes and their reply texts;
 //! - [`external`]: running a `QMAILQUEUE` program instead;
@@ -17,8 +22,10 @@ pub mod local;
 mod program;
 pub mod qq;
 pub mod scheduler;
+pub mod send;
 pub mod setup;
 pub mod sink;
+pub mod spool;
 pub mod store;
 mod sys;
 
@@ -29,4 +36,5 @@ pub use program::{qmail_queue_main, DEATH};
 pub use qq::QqError;
 pub use setup::{create_queue, QmailIds};
 pub use sink::{MessageSink, Receipt, Target};
+pub use spool::Spool;
 pub use store::{Incoming, Invoker, Queue};

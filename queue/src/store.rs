@@ -31,7 +31,7 @@ use crate::sys;
 pub const DEFAULT_SPLIT: u64 = 23;
 
 /// Largest split [`Queue::open`] looks for; qmail sites use small primes.
-const MAX_SPLIT: u64 = 1000;
+pub(crate) const MAX_SPLIT: u64 = 1000;
 
 /// Body bytes kept in memory before a `write(2)`; a typical message is
 /// written with one call at commit.
@@ -132,14 +132,7 @@ impl Queue {
         let intd = sub(c"intd", QqError::INTD)?;
         let todo = sub(c"todo", QqError::TODO)?;
         let lock = sub(c"lock", QqError::QUEUE_DIR).ok();
-        let mut mess = Vec::new();
-        while (mess.len() as u64) < MAX_SPLIT {
-            let name = sys::name(mess.len().to_string()).map_err(err(QqError::MESS))?;
-            match sys::open_dir_at(mess_dir.as_fd(), &name) {
-                Ok(fd) => mess.push(fd),
-                Err(_) => break,
-            }
-        }
+        let mess = open_split(mess_dir.as_fd(), MAX_SPLIT);
         if mess.is_empty() {
             return Err(QqError::new(QqError::MESS));
         }
@@ -236,6 +229,23 @@ impl Dirs {
             }
         }
     }
+}
+
+/// Open the split subdirectories `0`, `1`, ... of `dir` (at most `max`),
+/// stopping at the first that cannot be opened. On `mess/` this is how the
+/// queue's `conf-split` is learnt, so a queue built with another split keeps
+/// working; the spool opens `info/`, `local/`, `remote/` the same way.
+pub(crate) fn open_split(dir: BorrowedFd<'_>, max: u64) -> Vec<OwnedFd> {
+    let mut dirs = Vec::new();
+    while (dirs.len() as u64) < max {
+        let opened =
+            sys::name(dirs.len().to_string()).and_then(|name| sys::open_dir_at(dir, &name));
+        match opened {
+            Ok(fd) => dirs.push(fd),
+            Err(_) => break,
+        }
+    }
+    dirs
 }
 
 /// `pid/<pid>.<time>.<seq>`, created exclusively; like qmail, give up with

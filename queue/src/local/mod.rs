@@ -19,7 +19,7 @@ mod users;
 use std::io::{Read, Write};
 use std::path::Path;
 
-pub use newu::newu;
+pub use newu::{newu, write_cdb};
 pub use sqmail_core::assign::UserEntry;
 pub use users::{lookup, Passwd, Pw, SystemPasswd};
 
@@ -142,7 +142,27 @@ pub fn deliver_with(req: &Request<'_>, pw: &dyn Passwd) -> Outcome {
             "Not allowed to perform deliveries as root.\n",
         );
     }
-    as_user(user.uid, user.gid, || deliver_as_current_user(&user, req))
+    // qmail-lspawn opens the message as root and hands it down: the user
+    // may not search the queue's directories. The child reopens it through
+    // /proc, which checks only the file's own (0644) mode.
+    let message = match std::fs::File::open(req.message) {
+        Ok(file) => file,
+        Err(e) => {
+            return Outcome::new(
+                Verdict::Deferral,
+                format!("Unable to open message: {e}. (#4.3.0)\n"),
+            )
+        }
+    };
+    let inherited = std::path::PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&message)
+    ));
+    let req = Request {
+        message: &inherited,
+        ..*req
+    };
+    as_user(user.uid, user.gid, || deliver_as_current_user(&user, &req))
 }
 
 /// qmail-local itself, without changing users: for a caller that already

@@ -446,7 +446,14 @@ fn as_root_delivers_as_the_recipient() {
         std::os::unix::fs::chown(s.home.join(d), Some(uid), Some(uid)).unwrap();
     }
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    fs::set_permissions(&s.message, fs::Permissions::from_mode(0o644)).unwrap();
+    // The message sits in a directory the recipient may not search, as in
+    // the queue: it must be handed down open.
+    let private = s.dir.path().join("queue");
+    fs::create_dir(&private).unwrap();
+    fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
+    let message = private.join("1");
+    fs::rename(&s.message, &message).unwrap();
+    fs::set_permissions(&message, fs::Permissions::from_mode(0o644)).unwrap();
     let dir = s.home.to_str().unwrap().as_bytes().to_vec();
     let table = Table(vec![Pw {
         name: b"joe".to_vec(),
@@ -456,7 +463,7 @@ fn as_root_delivers_as_the_recipient() {
     }]);
     let req = Request {
         qmail_home: s.dir.path(),
-        message: &s.message,
+        message: &message,
         sender: b"a@b",
         recipient: b"joe@example.com",
         default_delivery: b"./Maildir/\n",

@@ -65,6 +65,8 @@ struct Message {
 pub struct Scheduler {
     config: Config,
     enabled: [bool; 2],
+    /// Shutting down: no new deliveries ([`Scheduler::drain`]).
+    draining: bool,
     now: u64,
     messages: BTreeMap<MessageId, Message>,
     /// Per channel, `(retry_at, id)` of messages waiting for their next pass.
@@ -87,6 +89,7 @@ impl Scheduler {
         Scheduler {
             config,
             enabled: [true, true],
+            draining: false,
             now: 0,
             messages: BTreeMap::new(),
             waiting: Default::default(),
@@ -125,6 +128,16 @@ impl Scheduler {
         self.messages.get(&id)?.chans[channel as usize].retry_at
     }
 
+    /// Every message waiting for a pass: `(id, channel, due)`. A host stores
+    /// these at shutdown (qmail-send writes them as mtimes).
+    pub fn waiting(&self) -> impl Iterator<Item = (MessageId, Channel, u64)> + '_ {
+        Channel::ALL.into_iter().flat_map(move |channel| {
+            self.waiting[channel as usize]
+                .iter()
+                .map(move |&(at, id)| (id, channel, at))
+        })
+    }
+
     /// Whether deliveries on `channel` may start.
     pub fn channel_enabled(&self, channel: Channel) -> bool {
         self.enabled[channel as usize]
@@ -146,6 +159,39 @@ impl Scheduler {
             format!("warning: {} deliveries held: {reason}", channel.name())
         });
         self.schedule();
+    }
+
+    /// SIGALRM: every waiting message is due now, as qmail-send's
+    /// `flagrunasap`. Retry times already past are unchanged.
+    pub fn retry_now(&mut self) {
+        let now = self.now;
+        for c in 0..2 {
+            let due: Vec<(u64, MessageId)> = self.waiting[c]
+                .iter()
+                .copied()
+                .filter(|&(at, _)| at > now)
+                .collect();
+            for (at, id) in due {
+                self.waiting[c].remove(&(at, id));
+                self.waiting[c].insert((now, id));
+                if let Some(m) = self.messages.get_mut(&id) {
+                    m.chans[c].retry_at = Some(now);
+                }
+            }
+        }
+        self.schedule();
+    }
+
+    /// SIGHUP: new `locals`, `percenthack`, `virtualdomains`, `envnoathost`.
+    /// Messages already split keep their split, as in qmail.
+    pub fn set_rewriter(&mut self, rewriter: super::Rewriter) {
+        self.config.rewriter = rewriter;
+    }
+
+    /// SIGTERM: start no more deliveries. Results of those in flight are
+    /// still taken and recorded; the host exits once none is left.
+    pub fn drain(&mut self) {
+        self.draining = true;
     }
 
     // ---- input ----
@@ -227,7 +273,7 @@ impl Scheduler {
         };
         for c in 0..2 {
             // A full or held channel has nothing to wake for: results wake it.
-            if self.enabled[c] && self.in_flight[c] < self.config.concurrency[c] {
+            if self.enabled[c] && !self.draining && self.in_flight[c] < self.config.concurrency[c] {
                 consider(self.waiting[c].first().map(|&(at, _)| at));
             }
         }
@@ -548,7 +594,7 @@ impl Scheduler {
     fn schedule(&mut self) {
         for channel in Channel::ALL {
             let c = channel as usize;
-            if !self.enabled[c] {
+            if !self.enabled[c] || self.draining {
                 continue;
             }
             while self.in_flight[c] < self.config.concurrency[c] {

@@ -152,6 +152,50 @@ fn deferral_follows_qmails_schedule() {
     assert_eq!(s.next_retry(5, Channel::Local), Some(T0 + 441));
 }
 
+#[test]
+fn retry_now_makes_waiting_messages_due() {
+    let mut s = Scheduler::new(config());
+    let a = new_msg(&mut s, T0, 5, "a@b", &["joe"]);
+    confirm_all(&mut s, T0, &a);
+    let r = result(&mut s, T0 + 3, 1, Outcome::Deferral, "busy");
+    confirm_all(&mut s, T0 + 3, &r);
+    assert_eq!(s.next_retry(5, Channel::Local), Some(T0 + 121));
+    s.handle(T0 + 10, Input::Tick).unwrap();
+    assert!(starts(&drain(&mut s)).is_empty());
+    s.retry_now();
+    assert_eq!(starts(&drain(&mut s)).len(), 1);
+}
+
+#[test]
+fn draining_starts_nothing_but_takes_results() {
+    let mut s = Scheduler::new(config());
+    let a = new_msg(&mut s, T0, 5, "a@b", &["joe", "ann", "bob"]);
+    let b = confirm_all(&mut s, T0, &a);
+    assert_eq!(starts(&b).len(), 2);
+    s.drain();
+    let r = result(&mut s, T0, 1, Outcome::Success, "ok");
+    assert!(starts(&r).is_empty());
+    confirm_all(&mut s, T0, &r);
+    assert_eq!(s.in_flight(Channel::Local), 1);
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn new_rewriter_applies_to_new_messages() {
+    let mut s = Scheduler::new(config());
+    s.set_rewriter(Rewriter::new(
+        &["here.example".into(), "other.example".into()],
+        &[],
+        VirtualDomains::default(),
+        "here.example",
+    ));
+    let a = new_msg(&mut s, T0, 5, "a@b", &["x@other.example"]);
+    let Action::Preprocess { recipients, .. } = &a[0] else {
+        panic!("{a:?}")
+    };
+    assert_eq!(recipients[0], vec![b"x@other.example".to_vec()]);
+}
+
 fn bounce_of(actions: &[Action]) -> Option<BounceRequest> {
     actions.iter().find_map(|a| match a {
         Action::InjectBounce(b) => Some(b.clone()),

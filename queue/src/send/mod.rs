@@ -1,0 +1,324 @@
+//! qmail-send: the [scheduler](crate::scheduler) driven over the queue on
+//! disk.
+//!
+//! One thread owns the scheduler and the log; everything that touches the
+//! disk or runs a delivery goes to a [`Worker`] on a pool thread, and comes
+//! back as the scheduler's input. Two pools: queue writes (short fsyncs the
+//! scheduler waits on) and local deliveries (`concurrencylocal` threads).
+//! Remote delivery is not built yet: the remote channel is held, so remote
+//! recipients stay queued, and the log says so.
+
+mod controls;
+mod pool;
+mod trigger;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use controls::{load, load_rewriter, Reader, SendControls, MAX_CONCURRENCY};
+pub use worker::{Answer, Worker};
+
+use crate::scheduler::{Action, Channel, Input, MessageId, Misuse, Rewriter, Scheduler, Ticket};
+use crate::spool::Spool;
+use pool::Pool;
+use trigger::Trigger;
+
+/// qmail-send's SLEEP_TODO: scan `todo/` this often even without a trigger.
+const RESCAN_SECS: u64 = 1500;
+/// qmail-send's SLEEP_CLEANUP: the 36-hour cleanup runs this often.
+const CLEANUP_SECS: u64 = 76431;
+/// Threads making queue writes; more lets fsyncs share journal commits.
+const DISK_THREADS: usize = 4;
+
+/// Why the remote channel is held (in the log line that says so).
+pub const REMOTE_HELD: &str = "remote delivery is not built yet; remote recipients stay queued";
+
+/// What the daemon is told from outside (signals, the trigger).
+#[derive(Debug)]
+pub enum Control {
+    /// `lock/trigger` or a new message: scan `todo/`.
+    Trigger,
+    /// SIGALRM: retry every deferred message now.
+    RetryNow,
+    /// SIGHUP: new rewriting rules (`locals`, `virtualdomains`, ...).
+    Reload(Rewriter),
+    /// SIGTERM: finish the deliveries in flight, record, exit.
+    Exit,
+}
+
+enum Event {
+    Control(Control),
+    Answer(Option<Answer>),
+}
+
+/// Sends [`Control`]s to a running daemon; cheap to clone.
+#[derive(Clone)]
+pub struct Handle(Sender<Event>);
+
+impl Handle {
+    /// False once the daemon has stopped.
+    pub fn send(&self, control: Control) -> bool {
+        self.0.send(Event::Control(control)).is_ok()
+    }
+}
+
+/// How to run.
+pub struct Options {
+    pub home: PathBuf,
+    /// qmail-start's argument: the delivery for a user without `.qmail`.
+    pub default_delivery: Vec<u8>,
+    pub controls: SendControls,
+}
+
+pub struct Daemon {
+    scheduler: Scheduler,
+    worker: Worker,
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+    /// `lock/sendmutex`, held while we run.
+    _lock: File,
+    /// Messages handed to the scheduler whose `todo/N` still exists.
+    preprocessing: HashMap<Ticket, MessageId>,
+    in_todo: HashSet<MessageId>,
+    /// Actions given to the pools and not answered yet.
+    outstanding: usize,
+    /// A `todo/N` was seen while the scheduler still held N (ids are
+    /// inodes, reused once `mess/N` is gone): scan again after the next
+    /// answer, which may be that removal's.
+    rescan: bool,
+}
+
+/// Unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Daemon {
+    /// Opens the queue and takes its lock (one qmail-send per queue).
+    pub fn new(options: Options) -> Result<Daemon, String> {
+        let home = options.home;
+        let spool = Spool::open(&home).map_err(|e| format!("{}: {e}", home.display()))?;
+        let lock = spool.lock().map_err(|e| e.to_string())?;
+        let worker = Worker::new(
+            spool,
+            home,
+            options.default_delivery,
+            options.controls.bounce,
+        )
+        .map_err(|e| format!("unable to open the queue: {}", e.text()))?;
+        let mut scheduler = Scheduler::new(options.controls.scheduler);
+        scheduler.set_channel_enabled(Channel::Remote, false, REMOTE_HELD);
+        let (events, inbox) = mpsc::channel();
+        Ok(Daemon {
+            scheduler,
+            worker,
+            events,
+            inbox,
+            _lock: lock,
+            preprocessing: HashMap::new(),
+            in_todo: HashSet::new(),
+            outstanding: 0,
+            rescan: false,
+        })
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle(self.events.clone())
+    }
+
+    /// Runs until [`Control::Exit`] and the deliveries in flight are done,
+    /// writing qmail-send's log lines to `log`.
+    pub fn run(mut self, log: &mut dyn Write) -> io::Result<()> {
+        let local = self.scheduler.config().concurrency[Channel::Local as usize];
+        let answer = |w: &Worker| {
+            let w = w.clone();
+            move |action: Action| Event::Answer(w.perform(action, unix_now()))
+        };
+        let deliveries = Pool::new(
+            "sqmail-local",
+            local,
+            self.events.clone(),
+            answer(&self.worker),
+        )?;
+        let disk = Pool::new(
+            "sqmail-queue",
+            DISK_THREADS,
+            self.events.clone(),
+            answer(&self.worker),
+        )?;
+        let handle = self.handle();
+        let _trigger = Trigger::start(self.worker.spool().path(), move || {
+            handle.send(Control::Trigger)
+        })?;
+
+        let mut now = unix_now();
+        self.cleanup(now, log)?;
+        self.recover(now, log)?;
+        self.intake(now, log)?;
+        let mut next_scan = now + RESCAN_SECS;
+        let mut next_cleanup = now + CLEANUP_SECS;
+        let mut exiting = false;
+        loop {
+            while let Some(action) = self.scheduler.poll_action() {
+                match action {
+                    Action::Log(line) => writeln!(log, "{line}")?,
+                    Action::StartDelivery { .. } | Action::InjectBounce(_) => {
+                        self.outstanding += 1;
+                        deliveries.submit(action);
+                    }
+                    _ => {
+                        if let Action::Preprocess { ticket, id, .. } = &action {
+                            self.preprocessing.insert(*ticket, *id);
+                        }
+                        self.outstanding += 1;
+                        disk.submit(action);
+                    }
+                }
+            }
+            log.flush()?;
+            if exiting && self.outstanding == 0 {
+                break;
+            }
+            let deadline = if exiting {
+                None
+            } else {
+                let t = next_scan.min(next_cleanup);
+                Some(self.scheduler.poll_timeout().map_or(t, |s| s.min(t)))
+            };
+            let event = match deadline {
+                None => self
+                    .inbox
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => {
+                    // A deadline already past still waits a little: the
+                    // scheduler moved it if it could act on it.
+                    let wait =
+                        Duration::from_secs(at.saturating_sub(now)).max(Duration::from_millis(100));
+                    self.inbox.recv_timeout(wait)
+                }
+            };
+            now = unix_now();
+            match event {
+                Ok(Event::Answer(Some(answer))) => {
+                    self.outstanding -= 1;
+                    self.take(now, answer, log)?;
+                }
+                Ok(Event::Answer(None)) => self.outstanding -= 1,
+                Ok(Event::Control(Control::Trigger)) => {
+                    // Many triggers may be waiting; one scan covers them.
+                    self.intake(now, log)?;
+                }
+                Ok(Event::Control(Control::RetryNow)) => {
+                    self.scheduler.handle(now, Input::Tick).ok();
+                    self.scheduler.retry_now();
+                    self.intake(now, log)?;
+                }
+                Ok(Event::Control(Control::Reload(rewriter))) => {
+                    self.scheduler.set_rewriter(rewriter);
+                    writeln!(log, "status: reread locals and virtualdomains")?;
+                }
+                Ok(Event::Control(Control::Exit)) => {
+                    self.scheduler.drain();
+                    exiting = true;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    if now >= next_scan {
+                        next_scan = now + RESCAN_SECS;
+                        self.intake(now, log)?;
+                    }
+                    if now >= next_cleanup {
+                        next_cleanup = now + CLEANUP_SECS;
+                        self.cleanup(now, log)?;
+                    }
+                    self.scheduler.handle(now, Input::Tick).ok();
+                }
+                // We hold a sender ourselves, so this cannot happen.
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        drop(deliveries);
+        drop(disk);
+        self.save_retry_times(log)?;
+        writeln!(log, "status: exiting")?;
+        log.flush()
+    }
+
+    fn take(&mut self, now: u64, answer: Answer, log: &mut dyn Write) -> io::Result<()> {
+        if let Some(warning) = &answer.warning {
+            writeln!(log, "{warning}")?;
+        }
+        if let Input::Written(ticket) = &answer.input {
+            if let Some(id) = self.preprocessing.remove(ticket) {
+                self.in_todo.remove(&id);
+            }
+        }
+        if let Err(misuse) = self.scheduler.handle(now, answer.input) {
+            writeln!(log, "warning: internal error: {misuse}")?;
+        }
+        if std::mem::take(&mut self.rescan) {
+            self.intake(now, log)?;
+        }
+        Ok(())
+    }
+
+    /// Messages preprocessed before the last stop, with their done marks.
+    fn recover(&mut self, now: u64, log: &mut dyn Write) -> io::Result<()> {
+        let recovered = self.worker.spool().recover()?;
+        for (id, problem) in recovered.problems {
+            writeln!(log, "warning: skipping msg {id}: {problem}")?;
+        }
+        for message in recovered.messages {
+            if let Err(misuse) = self.scheduler.handle(now, Input::Recovered(message)) {
+                writeln!(log, "warning: internal error: {misuse}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// New messages in `todo/`.
+    fn intake(&mut self, now: u64, log: &mut dyn Write) -> io::Result<()> {
+        let (inputs, warnings) = self.worker.intake(&self.in_todo);
+        for w in warnings {
+            writeln!(log, "{w}")?;
+        }
+        for (id, input) in inputs {
+            match self.scheduler.handle(now, input) {
+                Ok(()) => {
+                    self.in_todo.insert(id);
+                }
+                Err(Misuse::DuplicateMessage(_)) => self.rescan = true,
+                Err(misuse) => writeln!(log, "warning: internal error: {misuse}")?,
+            }
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self, now: u64, log: &mut dyn Write) -> io::Result<()> {
+        if let Err(e) = self.worker.spool().cleanup(now) {
+            writeln!(log, "warning: queue cleanup: {e}")?;
+        }
+        Ok(())
+    }
+
+    /// qmail-send's habit: the next retry of each waiting message as the
+    /// mtime of its `local/N` or `remote/N`, read back at the next start.
+    fn save_retry_times(&self, log: &mut dyn Write) -> io::Result<()> {
+        for (id, channel, at) in self.scheduler.waiting() {
+            if let Err(e) = self.worker.spool().set_next_retry(id, channel, at) {
+                writeln!(log, "warning: msg {id}: {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

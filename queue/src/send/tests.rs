@@ -1,0 +1,303 @@
+//! The daemon over a real queue: a message injected as qmail-queue does it
+//! is delivered to a Maildir (or bounced, or deferred) and removed.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sqmail_core::bounce::BounceSettings;
+
+use super::*;
+use crate::envelope::Envelope;
+use crate::scheduler::Config;
+use crate::setup::create_queue;
+use crate::store::{Invoker, Queue};
+
+/// A log the test can read while the daemon writes it.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Log {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Log {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+struct Site {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+    /// joe's home, with a Maildir.
+    joe: PathBuf,
+}
+
+/// A qmail home whose users/assign has `joe` (and `joe-ext`); when we are root joe is a
+/// made-up uid that owns his home, as deliveries never run as root.
+fn site() -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("qmail");
+    create_queue(&home, None).unwrap();
+    let joe = dir.path().join("joe");
+    for d in ["Maildir/tmp", "Maildir/new", "Maildir/cur"] {
+        fs::create_dir_all(joe.join(d)).unwrap();
+    }
+    // SAFETY: getuid has no preconditions.
+    let uid = match unsafe { libc::getuid() } {
+        0 => 54330,
+        uid => uid,
+    };
+    for d in ["", "Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"] {
+        std::os::unix::fs::chown(joe.join(d), Some(uid), Some(uid)).unwrap();
+    }
+    // Everyone else goes to an alias home with no .qmail-default: bounced.
+    let alias = dir.path().join("alias");
+    fs::create_dir(&alias).unwrap();
+    std::os::unix::fs::chown(&alias, Some(uid), Some(uid)).unwrap();
+    fs::create_dir_all(home.join("users")).unwrap();
+    let (j, a) = (joe.display(), alias.display());
+    fs::write(
+        home.join("users/assign"),
+        format!(
+            "=joe:joe:{uid}:{uid}:{j}:::\n+joe-:joe:{uid}:{uid}:{j}:-::\n+:alias:{uid}:{uid}:{a}:-::\n.\n"
+        ),
+    )
+    .unwrap();
+    crate::local::newu(&home).unwrap();
+    Site {
+        _dir: dir,
+        home,
+        joe,
+    }
+}
+
+fn controls() -> SendControls {
+    let mut scheduler = Config::new("here.example");
+    scheduler.concurrency = [4, 4];
+    SendControls {
+        scheduler,
+        bounce: BounceSettings {
+            bouncefrom: "MAILER-DAEMON".into(),
+            bouncehost: "here.example".into(),
+            doublebounceto: "postmaster".into(),
+            doublebouncehost: "here.example".into(),
+            max_bytes: None,
+        },
+    }
+}
+
+fn inject(home: &Path, sender: &str, rcpts: &[&str], body: &str) -> u64 {
+    let q = Queue::open(home).unwrap();
+    let mut m = q.begin(Invoker::User(0)).unwrap();
+    m.write(body.as_bytes()).unwrap();
+    let env = Envelope::new(
+        sender,
+        rcpts.iter().map(|r| r.as_bytes().to_vec()).collect(),
+    );
+    m.commit(&env).unwrap()
+}
+
+fn wait_for(what: &str, log: &Log, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}; log:\n{}",
+            log.text()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn maildir(joe: &Path) -> Vec<String> {
+    fs::read_dir(joe.join("Maildir/new"))
+        .unwrap()
+        .map(|e| fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect()
+}
+
+struct Running {
+    handle: Handle,
+    thread: Option<thread::JoinHandle<io::Result<()>>>,
+    log: Log,
+}
+
+fn start(home: &Path) -> Running {
+    let daemon = Daemon::new(Options {
+        home: home.to_owned(),
+        default_delivery: b"./Maildir/\n".to_vec(),
+        controls: controls(),
+    })
+    .unwrap();
+    let handle = daemon.handle();
+    let log = Log::default();
+    let mut out = log.clone();
+    let thread = thread::spawn(move || daemon.run(&mut out));
+    Running {
+        handle,
+        thread: Some(thread),
+        log,
+    }
+}
+
+impl Running {
+    fn stop(mut self) -> String {
+        self.handle.send(Control::Exit);
+        self.thread.take().unwrap().join().unwrap().unwrap();
+        self.log.text()
+    }
+}
+
+fn queue_is_empty(home: &Path) -> bool {
+    let q = home.join("queue");
+    let count = |d: &str| {
+        fs::read_dir(q.join(d))
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    fs::read_dir(p).unwrap().count()
+                } else {
+                    1
+                }
+            })
+            .sum::<usize>()
+    };
+    ["todo", "info", "local", "remote", "mess", "bounce"]
+        .iter()
+        .all(|d| count(d) == 0)
+}
+
+#[test]
+fn delivers_to_a_maildir_and_empties_the_queue() {
+    let s = site();
+    let run = start(&s.home);
+    let id = inject(
+        &s.home,
+        "a@b.example",
+        &["joe@here.example"],
+        "Subject: one\n\nbody\n",
+    );
+    wait_for("the delivery", &run.log, || maildir(&s.joe).len() == 1);
+    wait_for("the removal", &run.log, || queue_is_empty(&s.home));
+    let log = run.stop();
+    let mail = &maildir(&s.joe)[0];
+    assert!(
+        mail.starts_with("Return-Path: <a@b.example>\nDelivered-To: joe@here.example\n"),
+        "{mail}"
+    );
+    assert!(mail.ends_with("Subject: one\n\nbody\n"), "{mail}");
+    for line in [
+        format!("new msg {id}"),
+        format!("info msg {id}: bytes"),
+        format!("starting delivery 1: msg {id} to local joe@here.example"),
+        "delivery 1: success: ".to_string(),
+        format!("end msg {id}"),
+        "warning: remote deliveries held".to_string(),
+        "status: exiting".to_string(),
+    ] {
+        assert!(log.contains(&line), "no {line:?} in\n{log}");
+    }
+}
+
+#[test]
+fn unknown_user_and_exit_100_bounce_to_the_sender() {
+    let s = site();
+    fs::write(s.joe.join(".qmail-fail"), "|echo no such list; exit 100\n").unwrap();
+    fs::set_permissions(s.joe.join(".qmail-fail"), fs::Permissions::from_mode(0o644)).unwrap();
+    let run = start(&s.home);
+    inject(
+        &s.home,
+        "a@far.example",
+        &["nobody-here@here.example", "joe-fail@here.example"],
+        "Subject: two\n\nbody\n",
+    );
+    // The bounce goes to a remote sender: it waits in the queue, held.
+    wait_for("the bounce", &run.log, || {
+        run.log.text().contains("bounce msg")
+    });
+    let log = run.stop();
+    assert!(log.contains("delivery 1: failure:"), "{log}");
+    assert!(log.contains("delivery 2: failure: no_such_list/"), "{log}");
+    let recovered = Spool::open(&s.home).unwrap().recover().unwrap();
+    let [bounce] = recovered.messages.as_slice() else {
+        panic!("{recovered:?}\n{log}")
+    };
+    assert_eq!(bounce.sender, b"");
+    assert_eq!(
+        bounce.recipients[1],
+        vec![(b"a@far.example".to_vec(), false)]
+    );
+    let text = fs::read_to_string(Spool::open(&s.home).unwrap().message_path(bounce.id)).unwrap();
+    assert!(
+        text.contains("<joe-fail@here.example>:\nno such list\n"),
+        "{text}"
+    );
+    assert!(text.contains("<nobody-here@here.example>:\n"), "{text}");
+    assert!(text.contains("Subject: two"), "{text}");
+}
+
+#[test]
+fn deferral_stays_queued_and_survives_a_restart() {
+    let s = site();
+    fs::write(s.joe.join(".qmail-later"), "|exit 111\n").unwrap();
+    fs::set_permissions(
+        s.joe.join(".qmail-later"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let run = start(&s.home);
+    let id = inject(
+        &s.home,
+        "a@b.example",
+        &["joe-later@here.example", "joe@here.example"],
+        "x\n",
+    );
+    wait_for("the deferral", &run.log, || {
+        run.log.text().contains("deferral")
+    });
+    wait_for("joe's copy", &run.log, || maildir(&s.joe).len() == 1);
+    let log = run.stop();
+    assert!(!log.contains(&format!("end msg {id}")), "{log}");
+    // The retry time was stored as local/N's mtime, in the future.
+    let recovered = Spool::open(&s.home).unwrap().recover().unwrap();
+    let m = &recovered.messages[0];
+    assert_eq!(m.recipients[0].iter().filter(|(_, done)| *done).count(), 1);
+    assert!(m.next_retry[0].unwrap() > unix_now(), "{m:?}");
+
+    // Restarted, it is recovered and, told to retry now, tried again:
+    // only the deferred recipient.
+    fs::write(s.joe.join(".qmail-later"), "./Maildir/\n").unwrap();
+    let run = start(&s.home);
+    run.handle.send(Control::RetryNow);
+    wait_for("the retry", &run.log, || maildir(&s.joe).len() == 2);
+    wait_for("the removal", &run.log, || queue_is_empty(&s.home));
+    let log = run.stop();
+    assert!(log.contains(&format!("end msg {id}")), "{log}");
+    assert_eq!(log.matches("starting delivery").count(), 1, "{log}");
+}
+
+#[test]
+fn a_second_daemon_on_one_queue_is_refused() {
+    let s = site();
+    let run = start(&s.home);
+    let second = Daemon::new(Options {
+        home: s.home.clone(),
+        default_delivery: b"./Maildir/\n".to_vec(),
+        controls: controls(),
+    });
+    assert!(second.is_err());
+    run.stop();
+}
