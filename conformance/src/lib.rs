@@ -5,7 +5,13 @@
 //! require of our server. [`run_trace`] plays one against a [`Target`]:
 //! the bare machine in memory, or the `sqmail` binary over a socket or as
 //! a ucspi child; every trace also runs with its input one byte per write.
+//!
+//! `traces/delivery/*.trace` go on past the dialog: what the bare machine
+//! queued is put into a real queue and delivered by the scheduler and
+//! local delivery on a virtual clock ([`delivery`]), with checks on the
+//! Maildirs, the bounces and qmail-send's log.
 
+pub mod delivery;
 pub mod machine;
 pub mod run;
 pub mod trace;
@@ -14,7 +20,7 @@ pub mod wire;
 use std::path::{Path, PathBuf};
 
 pub use run::Failure;
-pub use trace::{Target, Trace, TraceError};
+pub use trace::{Corpus, Target, Trace, TraceError};
 
 /// What became of one run.
 #[derive(Debug)]
@@ -32,9 +38,23 @@ pub fn smtp_corpus_dir() -> PathBuf {
         .join("smtp")
 }
 
+/// `conformance/traces/delivery`.
+pub fn delivery_corpus_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("traces")
+        .join("delivery")
+}
+
 /// Runs `trace` on `target`; `bin` is the `sqmail` binary, needed for
-/// every target but [`Target::Machine`].
+/// every target but [`Target::Machine`]. A delivery trace runs on the
+/// bare machine only, followed by a real queue ([`delivery::run`]).
 pub fn run_trace(trace: &Trace, target: Target, bytewise: bool, bin: Option<&Path>) -> Outcome {
+    if trace.corpus == Corpus::Delivery {
+        return match target {
+            Target::Machine => delivery::run(trace, bytewise),
+            _ => Outcome::Skip("delivery traces run on the bare machine and a real queue".into()),
+        };
+    }
     if let Some(why) = trace.setup.unsupported_on(target) {
         return Outcome::Skip(why);
     }

@@ -306,6 +306,11 @@ pub fn run(trace: &Trace, peer: &mut dyn Peer, bytewise: bool) -> Result<(), Fai
                 peer.wait(*secs)
                     .map_err(|e| fail(line, format!("wait: {e}"), &transcript))?;
             }
+            Action::Delivery(_) => {
+                let msg = "a delivery line (T:, M:, L:, B:) in an SMTP run: delivery traces \
+                           run through delivery::run, which ends the dialog before them";
+                return Err(fail(line, msg.into(), &transcript));
+            }
         }
     }
     if !closed {
@@ -334,7 +339,7 @@ fn show_envelope(e: &ExpectedEnvelope) -> String {
     format!("from <{}> to {}", e.sender, rcpts.join(" "))
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w == needle)
 }
 

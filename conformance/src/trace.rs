@@ -15,7 +15,8 @@
 //!
 //! Lines, in order:
 //! - `# ...` a comment. The first line of every trace is a comment naming
-//!   the RFC section or CVE the case pins. Blank lines are ignored.
+//!   the RFC section or CVE the case pins (for a delivery trace, the qmail
+//!   document and section). Blank lines are ignored.
 //! - `@name args` a setup directive (before the first dialog line):
 //!   `me`, `rcpthosts`, `badmailfrom`, `databytes`, `timeout` and
 //!   `localiphost` become control files; `relayclient [suffix]`,
@@ -43,6 +44,60 @@
 //!
 //! A trace without `S: closed` ends with the client closing its side; the
 //! server must then close without another reply.
+//!
+//! # Delivery traces
+//!
+//! A trace in `traces/delivery/` goes on where the SMTP dialog ends: every
+//! message the session queued is put into a real queue on disk (as
+//! qmail-queue does, invoked from network), and the scheduler and local
+//! delivery run on a virtual clock that starts at
+//! [`T0`](crate::delivery::T0); nothing sleeps. The dialog runs on the bare
+//! machine only, whole and byte-split. `@me` is also the queue's host: its
+//! one `locals` entry, `bouncehost` and `doublebouncehost`. Remote
+//! delivery is held, as in the daemon: mail for other hosts stays queued.
+//!
+//! ```text
+//! # qmail-local(8): a message delivered to a Maildir
+//! @me foo.com
+//! @mailbox joe
+//! @dotqmail joe-later |exit 111\n
+//! S: 220 foo.com
+//! ...
+//! C: QUIT
+//! S: 221 2.0.0
+//! S: closed
+//! T: 0
+//! M: joe 1 Return-Path: <a@bar.com>\nDelivered-To: joe@foo.com\n
+//! L: delivery 1: success
+//! ```
+//!
+//! Setup directives, only in delivery traces:
+//! - `@mailbox NAME` a local user NAME with a home and `Maildir/`, given
+//!   mail through `users/assign` lines `=NAME` and `+NAME-` (dash `-`), so
+//!   `NAME` and `NAME-ext` reach him. Every other local part goes through
+//!   a `+` catch-all line to an alias home with no `.qmail-default`, so it
+//!   bounces: `Sorry, no mailbox here by that name. (#5.1.1)`. As root,
+//!   NAME is a made-up uid, since deliveries never run as uid 0. NAME is
+//!   lowercase letters, digits, `_` and `.`.
+//! - `@dotqmail NAME-EXT text` writes `.qmail-EXT` in the home of NAME (a
+//!   `@mailbox` declared before), mode 0644; `text` takes the escapes of
+//!   `C~`, so `|exit 111\n` is one program line.
+//!
+//! Lines after the dialog (no dialog line may follow them):
+//! - `T: N` the queue runs at virtual time T0+N seconds: new messages are
+//!   taken from `todo/`, and every action of the scheduler is carried out
+//!   at once, its answer fed back, until nothing is left to do at that
+//!   time (messages that deliveries queue, bounces and forwards, included).
+//!   N never goes down from one `T:` to the next.
+//! - `M: NAME N [text]` NAME's `Maildir/new` holds N messages, one of them
+//!   containing `text` (escapes as `C~`).
+//! - `L: text` / `L! text` some log line of qmail-send's so far / no log
+//!   line contains `text`.
+//! - `B: N [text]` N bounces (messages with the sender `<>`) are in the
+//!   queue, the last one queued containing `text` (escapes as `C~`).
+//!
+//! A delivery trace runs the queue (`T:`) at least once; before the first
+//! `T:` the dialog's messages wait in `todo/`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -110,6 +165,40 @@ pub struct Setup {
     pub max_line: Option<usize>,
     /// Targets on which this trace is known to fail, and why.
     pub xfail: Vec<(Target, String)>,
+    /// `@mailbox` users, in order (delivery traces).
+    pub mailboxes: Vec<String>,
+    /// `@dotqmail` files (delivery traces).
+    pub dotqmails: Vec<DotQmail>,
+}
+
+/// A `.qmail-EXT` file in a `@mailbox` user's home.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DotQmail {
+    /// The `@mailbox` user whose home holds it.
+    pub user: String,
+    /// The file is `.qmail-` followed by this.
+    pub ext: String,
+    pub contents: Vec<u8>,
+}
+
+/// Which corpus a trace belongs to, and so which lines it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Corpus {
+    /// `traces/smtp/`: an SMTP dialog only.
+    Smtp,
+    /// `traces/delivery/`: a dialog, then the queue and local delivery.
+    Delivery,
+}
+
+impl Corpus {
+    /// The corpus of a trace file: those in a directory named `delivery`
+    /// are delivery traces, all others SMTP traces.
+    pub fn of(path: &Path) -> Corpus {
+        match path.parent().and_then(Path::file_name) {
+            Some(dir) if dir == "delivery" => Corpus::Delivery,
+            _ => Corpus::Smtp,
+        }
+    }
 }
 
 /// The name the traces' server has unless `@me` says otherwise.
@@ -209,6 +298,25 @@ pub enum Action {
     QueuedContains(Vec<u8>),
     /// Seconds pass.
     Wait(u64),
+    /// After the dialog of a delivery trace: the queue runs, or a check.
+    Delivery(DeliveryStep),
+}
+
+/// The lines that follow the dialog in a delivery trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryStep {
+    /// `T: N`: the queue runs at virtual time T0 + N seconds.
+    Run(u64),
+    /// `M: NAME N [text]`.
+    Maildir {
+        user: String,
+        count: usize,
+        text: Option<Vec<u8>>,
+    },
+    /// `L: text` (`present`) or `L! text`.
+    Log { text: String, present: bool },
+    /// `B: N [text]`.
+    Bounces { count: usize, text: Option<Vec<u8>> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -223,6 +331,7 @@ pub struct Trace {
     pub path: PathBuf,
     /// The first comment line, without `#`.
     pub title: String,
+    pub corpus: Corpus,
     pub setup: Setup,
     pub steps: Vec<Step>,
 }
@@ -244,14 +353,22 @@ impl Trace {
         Trace::parse(path, &text)
     }
 
+    /// Parses a trace of the corpus its path says ([`Corpus::of`]).
     pub fn parse(path: &Path, text: &str) -> Result<Trace, TraceError> {
+        Trace::parse_in(path, text, Corpus::of(path))
+    }
+
+    /// Parses a trace of `corpus`, whatever its path.
+    pub fn parse_in(path: &Path, text: &str, corpus: Corpus) -> Result<Trace, TraceError> {
         let mut parser = Parser {
             path,
+            corpus,
             setup: Setup::default(),
             steps: Vec::new(),
             title: None,
             last_was_send: false,
             seen_reply: false,
+            last_run: None,
         };
         for (i, line) in text.lines().enumerate() {
             parser.line(i + 1, line)?;
@@ -262,13 +379,17 @@ impl Trace {
         if !parser
             .steps
             .iter()
-            .any(|s| !matches!(s.action, Action::Wait(_)))
+            .any(|s| !matches!(s.action, Action::Wait(_) | Action::Delivery(_)))
         {
             return Err(parser.err(0, "trace has no dialog"));
+        }
+        if corpus == Corpus::Delivery && parser.last_run.is_none() {
+            return Err(parser.err(0, "a delivery trace runs the queue (`T: N`) at least once"));
         }
         Ok(Trace {
             path: path.to_path_buf(),
             title,
+            corpus,
             setup: parser.setup,
             steps: parser.steps,
         })
@@ -292,11 +413,14 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Trace>, TraceError> {
 
 struct Parser<'a> {
     path: &'a Path,
+    corpus: Corpus,
     setup: Setup,
     steps: Vec<Step>,
     title: Option<String>,
     last_was_send: bool,
     seen_reply: bool,
+    /// The last `T: N`'s N.
+    last_run: Option<u64>,
 }
 
 impl Parser<'_> {
@@ -331,12 +455,39 @@ impl Parser<'_> {
             return self.directive(n, directive);
         }
         let (tag, rest) = split_tag(line).ok_or_else(|| {
-            self.err(
-                n,
-                format!("unknown line {line:?}: expected C:, C~, S:, S+, S!, Q:, Q~, W: or @"),
-            )
+            let expected = match self.corpus {
+                Corpus::Smtp => "C:, C~, S:, S+, S!, Q:, Q~, W: or @",
+                Corpus::Delivery => "C:, C~, S:, S+, S!, Q:, Q~, W:, T:, M:, L:, L!, B: or @",
+            };
+            self.err(n, format!("unknown line {line:?}: expected {expected}"))
         })?;
+        let after_dialog = matches!(
+            self.steps.last(),
+            Some(Step {
+                action: Action::Delivery(_),
+                ..
+            })
+        );
+        if after_dialog && !matches!(tag, Tag::Delivery(_)) {
+            return Err(self.err(
+                n,
+                "the dialog comes first: no dialog line after `T:`, `M:`, `L:` or `B:`",
+            ));
+        }
         match tag {
+            Tag::Delivery(tag) => {
+                if self.corpus != Corpus::Delivery {
+                    return Err(self.err(
+                        n,
+                        format!(
+                            "`{tag}` lines belong to delivery traces: only a trace in \
+                             traces/delivery/ runs the queue"
+                        ),
+                    ));
+                }
+                let step = self.delivery(n, tag, rest)?;
+                self.push(n, Action::Delivery(step));
+            }
             Tag::Send(repeat) => {
                 let mut bytes = Vec::new();
                 for _ in 0..repeat {
@@ -393,6 +544,79 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+
+    fn delivery(&mut self, n: usize, tag: DTag, rest: &str) -> Result<DeliveryStep, TraceError> {
+        let text = |t: &str| -> Result<Option<Vec<u8>>, TraceError> {
+            if t.is_empty() {
+                return Ok(None);
+            }
+            unescape(t).map(Some).map_err(|m| self.err(n, m))
+        };
+        let count = |w: &str, text: &Option<Vec<u8>>| -> Result<usize, TraceError> {
+            let count = w.parse().map_err(|_| {
+                self.err(
+                    n,
+                    format!("`{}` wants a message count, got {w:?}", tag.name()),
+                )
+            })?;
+            if count == 0 && text.is_some() {
+                return Err(self.err(
+                    n,
+                    format!("`{tag} 0 text`: no message can contain the text"),
+                ));
+            }
+            Ok(count)
+        };
+        Ok(match tag {
+            DTag::Run => {
+                let secs: u64 = rest
+                    .trim()
+                    .parse()
+                    .map_err(|_| self.err(n, format!("T: wants seconds after T0, got {rest:?}")))?;
+                if let Some(last) = self.last_run.filter(|&last| secs < last) {
+                    return Err(self.err(
+                        n,
+                        format!("time does not go back: T: {secs} after T: {last}"),
+                    ));
+                }
+                self.last_run = Some(secs);
+                DeliveryStep::Run(secs)
+            }
+            DTag::Maildir => {
+                let (user, rest) = first_word(rest);
+                if !self.setup.mailboxes.iter().any(|m| m == user) {
+                    return Err(self.err(
+                        n,
+                        format!("M: NAME N [text]: NAME must be a @mailbox, got {user:?}"),
+                    ));
+                }
+                let (n_msgs, rest) = first_word(rest);
+                let text = text(rest)?;
+                DeliveryStep::Maildir {
+                    user: user.to_string(),
+                    count: count(n_msgs, &text)?,
+                    text,
+                }
+            }
+            DTag::Log(present) => {
+                if rest.is_empty() {
+                    return Err(self.err(n, format!("`{}` needs a text", tag.name())));
+                }
+                DeliveryStep::Log {
+                    text: rest.to_string(),
+                    present,
+                }
+            }
+            DTag::Bounces => {
+                let (n_msgs, rest) = first_word(rest);
+                let text = text(rest)?;
+                DeliveryStep::Bounces {
+                    count: count(n_msgs, &text)?,
+                    text,
+                }
+            }
+        })
     }
 
     fn send(&mut self, n: usize, bytes: Vec<u8>) {
@@ -532,13 +756,94 @@ impl Parser<'_> {
                 }
                 s.xfail.push((target, why.trim().to_string()));
             }
+            "mailbox" | "dotqmail" if self.corpus != Corpus::Delivery => {
+                return Err(err(format!(
+                    "@{name} belongs to delivery traces: only a trace in traces/delivery/ \
+                     has mailboxes"
+                )))
+            }
+            "mailbox" => {
+                let user = one("user name")?;
+                let fine =
+                    |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.';
+                if !user.bytes().all(fine) || user.starts_with('.') {
+                    return Err(err(format!(
+                        "@mailbox {user:?}: a name is lowercase letters, digits, _ and . \
+                         (not first), so that users/assign can hold it"
+                    )));
+                }
+                if s.mailboxes.contains(&user) {
+                    return Err(err(format!("@mailbox {user} twice")));
+                }
+                s.mailboxes.push(user);
+            }
+            "dotqmail" => {
+                let (file, text) = first_word(args);
+                let Some((user, ext)) = file.split_once('-') else {
+                    return Err(err("@dotqmail NAME-EXT text: no - in NAME-EXT".into()));
+                };
+                if !s.mailboxes.iter().any(|m| m == user) {
+                    return Err(err(format!(
+                        "@dotqmail: {user:?} is no @mailbox declared before it"
+                    )));
+                }
+                if ext.is_empty() || ext.contains('/') {
+                    return Err(err(format!("@dotqmail: bad extension {ext:?}")));
+                }
+                let contents = unescape(text).map_err(err)?;
+                if contents.is_empty() {
+                    return Err(err("@dotqmail NAME-EXT text: the text is missing".into()));
+                }
+                s.dotqmails.push(DotQmail {
+                    user: user.to_string(),
+                    ext: ext.to_string(),
+                    contents,
+                });
+            }
             _ => return Err(err(format!("unknown directive @{name}"))),
         }
         Ok(())
     }
 }
 
+/// The lines of a delivery trace after its dialog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DTag {
+    Run,
+    Maildir,
+    Log(bool),
+    Bounces,
+}
+
+impl DTag {
+    fn name(self) -> &'static str {
+        match self {
+            DTag::Run => "T:",
+            DTag::Maildir => "M:",
+            DTag::Log(true) => "L:",
+            DTag::Log(false) => "L!",
+            DTag::Bounces => "B:",
+        }
+    }
+}
+
+impl fmt::Display for DTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A word, and the rest of `text` after the spaces that follow it.
+fn first_word(text: &str) -> (&str, &str) {
+    let text = text.trim_start();
+    match text.split_once(' ') {
+        Some((word, rest)) => (word, rest.trim_start()),
+        None => (text, ""),
+    }
+}
+
 enum Tag {
+    Delivery(DTag),
     Send(usize),
     Raw,
     Reply(usize),
@@ -549,7 +854,8 @@ enum Tag {
 }
 
 /// `C: x`, `C*3: x`, `C~ x`, `S: x`, `S*3: x`, `S+ x`, `S! x`, `Q: x`,
-/// `Q~ x`, `W: x`. One space after the tag is optional padding.
+/// `Q~ x`, `W: x`, and `T: x`, `M: x`, `L: x`, `L! x`, `B: x`. One space
+/// after the tag is optional padding.
 fn split_tag(line: &str) -> Option<(Tag, &str)> {
     let mut chars = line.char_indices();
     let (_, letter) = chars.next()?;
@@ -563,6 +869,11 @@ fn split_tag(line: &str) -> Option<(Tag, &str)> {
         ('Q', ':') => (Tag::Queued, &rest[1..]),
         ('Q', '~') => (Tag::QueuedContains, &rest[1..]),
         ('W', ':') => (Tag::Wait, &rest[1..]),
+        ('T', ':') => (Tag::Delivery(DTag::Run), &rest[1..]),
+        ('M', ':') => (Tag::Delivery(DTag::Maildir), &rest[1..]),
+        ('L', ':') => (Tag::Delivery(DTag::Log(true)), &rest[1..]),
+        ('L', '!') => (Tag::Delivery(DTag::Log(false)), &rest[1..]),
+        ('B', ':') => (Tag::Delivery(DTag::Bounces), &rest[1..]),
         ('C' | 'S', '*') => {
             let colon = rest.find(':')?;
             let n: usize = rest[1..colon].parse().ok().filter(|&n| n > 0)?;
@@ -696,6 +1007,130 @@ mod tests {
                 })
             }
         );
+    }
+
+    fn parse_delivery(text: &str) -> Result<Trace, TraceError> {
+        Trace::parse(Path::new("traces/delivery/t.trace"), text)
+    }
+
+    #[test]
+    fn the_corpus_comes_from_the_directory() {
+        assert_eq!(
+            Corpus::of(Path::new("a/delivery/x.trace")),
+            Corpus::Delivery
+        );
+        assert_eq!(Corpus::of(Path::new("a/smtp/x.trace")), Corpus::Smtp);
+        assert_eq!(Corpus::of(Path::new("x.trace")), Corpus::Smtp);
+        assert_eq!(parse("# x\nS: 220\n").unwrap().corpus, Corpus::Smtp);
+    }
+
+    #[test]
+    fn delivery_lines_only_in_delivery_traces() {
+        for (text, line) in [
+            ("# x\nS: 220\nT: 0\n", 3),
+            ("# x\nS: 220\nM: joe 1\n", 3),
+            ("# x\nS: 220\nL: new msg\n", 3),
+            ("# x\nS: 220\nL! new msg\n", 3),
+            ("# x\nS: 220\nB: 0\n", 3),
+            ("# x\n@mailbox joe\nS: 220\n", 2),
+            ("# x\n@dotqmail joe-x |exit 0\nS: 220\n", 2),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.message.contains("traces/delivery/"), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn delivery_steps() {
+        let t = parse_delivery(
+            "# x\n@mailbox joe\n@mailbox bob.2\n@dotqmail joe-a-b |echo hi there; exit 111\\n./Maildir/\\n\n\
+             S: 220\nT: 0\nM: joe 1 Delivered-To: joe@x\\n\nM: bob.2 0\n\
+             L: delivery 1: success\nL! starting delivery 2\nB: 2  a\\tb\nT: 100\nT: 100\n",
+        )
+        .unwrap();
+        assert_eq!(t.corpus, Corpus::Delivery);
+        assert_eq!(t.setup.mailboxes, ["joe", "bob.2"]);
+        assert_eq!(
+            t.setup.dotqmails,
+            [DotQmail {
+                user: "joe".into(),
+                ext: "a-b".into(),
+                contents: b"|echo hi there; exit 111\n./Maildir/\n".to_vec(),
+            }]
+        );
+        let steps: Vec<Action> = t.steps.into_iter().map(|s| s.action).collect();
+        let d = |step| Action::Delivery(step);
+        assert_eq!(
+            steps[1..],
+            [
+                d(DeliveryStep::Run(0)),
+                d(DeliveryStep::Maildir {
+                    user: "joe".into(),
+                    count: 1,
+                    text: Some(b"Delivered-To: joe@x\n".to_vec()),
+                }),
+                d(DeliveryStep::Maildir {
+                    user: "bob.2".into(),
+                    count: 0,
+                    text: None,
+                }),
+                d(DeliveryStep::Log {
+                    text: "delivery 1: success".into(),
+                    present: true,
+                }),
+                d(DeliveryStep::Log {
+                    text: "starting delivery 2".into(),
+                    present: false,
+                }),
+                d(DeliveryStep::Bounces {
+                    count: 2,
+                    text: Some(b"a\tb".to_vec()),
+                }),
+                d(DeliveryStep::Run(100)),
+                d(DeliveryStep::Run(100)),
+            ]
+        );
+    }
+
+    #[test]
+    fn delivery_errors() {
+        for (text, line, what) in [
+            ("# x\nS: 220\nT: 0\nS: 250\n", 4, "the dialog comes first"),
+            ("# x\nS: 220\nB: 0\nC: QUIT\n", 4, "the dialog comes first"),
+            ("# x\nS: 220\nT: 10\nT: 9\n", 4, "time does not go back"),
+            ("# x\nS: 220\nT: soon\n", 3, "T: wants seconds"),
+            ("# x\nS: 220\nT: 0\nM: joe 1\n", 4, "must be a @mailbox"),
+            (
+                "# x\n@mailbox joe\nS: 220\nT: 0\nM: joe one\n",
+                5,
+                "message count",
+            ),
+            (
+                "# x\n@mailbox joe\nS: 220\nT: 0\nM: joe 0 hi\n",
+                5,
+                "no message",
+            ),
+            ("# x\nS: 220\nT: 0\nB: 0 hi\n", 4, "no message"),
+            ("# x\nS: 220\nT: 0\nL:\n", 4, "needs a text"),
+            ("# x\n@dotqmail joe-x |exit 0\n", 2, "no @mailbox"),
+            ("# x\n@mailbox joe\n@dotqmail joe |exit 0\n", 3, "no -"),
+            ("# x\n@mailbox joe\n@dotqmail joe-x\n", 3, "text is missing"),
+            (
+                "# x\n@mailbox joe\n@dotqmail joe-a/b x\n",
+                3,
+                "bad extension",
+            ),
+            ("# x\n@mailbox Joe\n", 2, "lowercase"),
+            ("# x\n@mailbox jo-e\n", 2, "lowercase"),
+            ("# x\n@mailbox joe\n@mailbox joe\n", 3, "twice"),
+            ("# x\nS: 220\n", 0, "at least once"),
+            ("# x\nT: 0\n", 0, "no dialog"),
+        ] {
+            let e = parse_delivery(text).unwrap_err();
+            assert_eq!(e.line, line, "{text:?}: {e}");
+            assert!(e.message.contains(what), "{text:?}: {e}");
+        }
     }
 
     #[test]
