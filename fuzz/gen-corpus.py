@@ -1,10 +1,15 @@
 #!/usr/bin/env python3
-"""Seed corpora for the fuzz targets, made from the conformance traces.
+"""Seed corpora for the fuzz targets, made from the conformance traces and
+from the string literals of core's unit tests (users/assign and .qmail
+examples, messages).
 
     python3 fuzz/gen-corpus.py            # writes fuzz/corpus/<target>/
 
 fuzz/corpus is git-ignored: the seeds are made, not committed. The
-smtp_server encoding must match ALPHABET in fuzz_targets/smtp_server.rs.
+smtp_server encoding must match ALPHABET in fuzz_targets/smtp_server.rs;
+the input layouts of the other targets are described at the top of each
+fuzz_targets/<target>.rs, and the scheduler's op encoding must match
+`Host::step` in fuzz_targets/scheduler.rs.
 """
 import hashlib
 import pathlib
@@ -12,6 +17,7 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parent
 TRACES = ROOT.parent / "conformance" / "traces" / "smtp"
+CORE = ROOT.parent / "core" / "src"
 CORPUS = ROOT / "corpus"
 
 ALPHABET = [
@@ -106,6 +112,161 @@ def save(target, data):
     (d / hashlib.sha1(data).hexdigest()).write_bytes(data)
 
 
+def rust_literals(path):
+    """The (byte) string literals of a Rust file, unescaped."""
+    text = re.sub(r"'(?:[^'\\\n]|\\.)'", "", path.read_text())  # char literals
+    out = []
+    for m in re.finditer(r'(?<![A-Za-z0-9_])b?"((?:[^"\\]|\\.|\\\n)*)"', text, re.S):
+        body, res, i = m.group(1), bytearray(), 0
+        while i < len(body):
+            c = body[i]
+            i += 1
+            if c != "\\":
+                res += c.encode()
+                continue
+            e = body[i]
+            i += 1
+            if e == "\n":
+                while i < len(body) and body[i] in " \t\n":
+                    i += 1
+            elif e in 'nrt0\\"\'':
+                res += {"n": b"\n", "r": b"\r", "t": b"\t", "0": b"\0", "\\": b"\\",
+                        '"': b'"', "'": b"'"}[e]
+            elif e == "x":
+                res.append(int(body[i:i + 2], 16))
+                i += 2
+            elif e == "u":
+                end = body.index("}", i)
+                res += chr(int(body[i + 1:end], 16)).encode()
+                i = end + 1
+        out.append(bytes(res))
+    return out
+
+
+def assign_seeds():
+    lits = rust_literals(CORE / "assign_tests.rs")
+    texts = [l for l in lits if l[:1] in (b"=", b"+", b".") or b"\\n." in l or b"\n." in l]
+    queries = [b"ftp", b"ftp-something", b"ftpstuff", b"FTP", b"other", b"abCD", b"aX", b"", b"x"]
+    for t in texts:
+        save("assign", t)
+        save("assign", t + b"".join(b"\xff" + q for q in queries))
+    save("assign", b"+Ab:u:3:4:/u:-:x-:\n+aB:v:5:6:/v:-::\n=ab:w:7:8:/w:-::\n.\n\xffab\xffAB\xffabC\xffaBc")
+
+
+def dotqmail_seeds():
+    lits = rust_literals(CORE / "dotqmail_tests.rs")
+    for l in lits:
+        save("dotqmail", l)
+    save("dotqmail", b"# vacation\n|exit 99\n&peter@isp.com.au\n/home/p/Mailbox\n./Maildir/\n+list\n")
+    save("dotqmail", b"-\0Foo.Bar-baz\0mx.mail.example.com\0a b@x.org\0X: y\nDelivered-To: a@b\n\nbody\n")
+    save("dotqmail", b"-\0a-b-\0h.example\0\0From x\n>From y\n")
+    save("dotqmail", b"./M/\0x-default\0a.b.c.d\0#@[]\0Delivered-To: -x-default@a.b.c.d\n")
+
+
+INJECT_ENV = [
+    b"",
+    b"QMAILUSER=joe\nQMAILHOST=corp\nQMAILNAME=Joe Q. User\nNOW=811485414\nPID=42",
+    b"MAILUSER=list\nQMAILSHOST=lists.example.com\nQMAILINJECT=cr\nNAME=Joe",
+    b"USER=u\nQMAILINJECT=fism\nQMAILIDHOST=idh\nQMAILDEFAULTDOMAIN=dd.org\nNOW=-1",
+]
+INJECT_CONTROLS = b"me=mail\ndefaulthost=mail\ndefaultdomain=example.org\nplusdomain=plus.example.org\nidhost=id.example.org"
+
+
+def inject_seeds():
+    msgs = [l for l in rust_literals(CORE / "inject" / "tests.rs") if b":" in l and b"\n" in l]
+    msgs += [b"", b"\n", b"Subject: x\n\nbody\n", b"From x Mon\nSubject: a\n b\n\nbody",
+             b"To: a@x.y, B <b@x.y>\nCc: grp: c@x.y;\nBcc: d@x.y\n\nhi\n"]
+    for n, m in enumerate(msgs):
+        opts = [0, 1, 2, 3, 4 | 8, 16][n % 6]
+        env = INJECT_ENV[n % len(INJECT_ENV)]
+        args = [b"", b"bob", b"x@y.z\nr@x.y", b"a@(b"][n % 4]
+        sender = [b"bounces", b"", b"a b@c"][n % 3]
+        save("inject", bytes([opts]) + b"\0".join([env, INJECT_CONTROLS, args, sender, b"list@x.y", m]))
+
+
+def bounce_seeds():
+    def seed(sender, message_len=19, max_bytes=None, failures=None, dbto=b"postmaster"):
+        head = message_len.to_bytes(8, "little") + (max_bytes or 0).to_bytes(8, "little")
+        head += bytes([1 if max_bytes is not None else 0])
+        failures = failures or [(b"joe@example.org", b"Sorry, no mailbox here by that name. (#5.1.1)\n"),
+                                (b"bob@example.org", b"first\n\nsecond")]
+        strings = [sender, b"26 Sep 1995 04:46:54 -0000", b"MAILER-DAEMON", b"mx.example.org", dbto,
+                   b"example.org"] + [x for f in failures for x in f]
+        save("bounce", head + b"\0".join(strings))
+    seed(b"alice@example.com")
+    seed(b"")
+    seed(b"", dbto=b"")
+    seed(b"#@[]")
+    seed(b"list-@example.com-@[]", max_bytes=5)
+    seed(b"a@b", message_len=1000, max_bytes=1000)
+    seed(b"a\nb@c", max_bytes=0, failures=[(b"a\nb", b"x\n\n\ny\n"), (b"c", b"\n"), (b"d", b"")])
+    seed(b"mailer daemon@x", failures=[(b"r@x", b"busy\nI'm not going to try again; this message has been in the queue too long.\n")])
+
+
+# The scheduler's ops (Host::step in fuzz_targets/scheduler.rs).
+def s_new(id, sender_sel, rcpts, size=100):
+    return bytes([0, id, sender_sel, len(rcpts)] + rcpts) + size.to_bytes(2, "little")
+
+
+def s_confirm(k=0):
+    return bytes([2, k])
+
+
+def s_fail(k=0):
+    return bytes([5, k])
+
+
+def s_finish(k, outcome):  # outcome 0 success, 1 deferral, 2 failure
+    return bytes([6, 3 * k + outcome])
+
+
+def s_bounce(k=0, ok=True):
+    return bytes([9, 2 * k + (0 if ok else 1)])
+
+
+def s_advance(d, scale=0):  # scale 0: s, 1: min, 2: h
+    return bytes([10]) + d.to_bytes(2, "little") + bytes([scale])
+
+
+def s_crash(mask, r=0):
+    return bytes([12]) + mask.to_bytes(8, "little") + bytes([r])
+
+
+def s_toggle(c):
+    return bytes([13, c])
+
+
+def scheduler_seeds():
+    cfg = bytes([1, 2, 2])  # concurrency 2/3, queuelifetime 3600
+    confirm4 = s_confirm() * 4
+    seeds = [
+        # local + remote, all succeed
+        s_new(1, 0, [0, 2]) + s_confirm() + s_finish(0, 0) + s_finish(0, 0) + confirm4,
+        # failures, then the bounce goes
+        s_new(2, 0, [0, 1]) + s_confirm() + s_finish(0, 2) + s_finish(0, 2) + confirm4 + s_bounce() + confirm4,
+        # a bounce's bounce and a double bounce's
+        s_new(3, 1, [3]) + s_confirm() + s_finish(0, 2) + confirm4 + s_bounce(ok=False) + s_advance(60) + s_bounce()
+        + s_new(4, 2, [4]) + s_confirm() + s_finish(0, 2) + confirm4,
+        # deferrals over time, to dying
+        s_new(5, 0, [0, 2, 5]) + s_confirm() + (s_finish(0, 1) * 3 + s_advance(10, 1)) * 8,
+        # failed writes asked again
+        s_new(6, 3, [0, 1, 2]) + s_fail() + s_advance(60) + s_confirm() + s_finish(1, 0) + s_fail() + s_advance(61)
+        + confirm4,
+        # crashes at every step
+        s_new(7, 0, [0, 2]) + s_crash(0) + s_confirm() + s_finish(0, 0) + s_crash(1) + s_finish(0, 2)
+        + s_crash(0xFFFF, 3) + confirm4 + s_bounce() + s_crash(0),
+        # a held channel, then released
+        s_toggle(1) + s_new(1, 0, [2, 3, 0]) + s_confirm() + s_advance(5, 2) + s_toggle(1) + s_finish(0, 0)
+        + s_finish(1, 1) + confirm4,
+        # ids reused after removal, odd recipients
+        s_new(1, 0, []) + confirm4 + s_new(1, 0, [6, 7, 240, 3, ord("q"), ord("@")]) + s_confirm()
+        + bytes([14]) + s_finish(0, 0) + confirm4,
+    ]
+    for n, ops in enumerate(seeds):
+        save("scheduler", cfg + ops)
+        save("scheduler", bytes([0, 0, n % 8 | 8]) + ops)
+
+
 def main():
     for path in sorted(TRACES.glob("*.trace")):
         writes = client_writes(path)
@@ -136,6 +297,11 @@ def main():
         save("tcprules", rules)
     for env in [b"F\0\0", b"Fa@b.org\0Tc@d.org\0Te@f.org\0\0", b"u0\0p42\0Fa@b\0Tc@d\0", b"Fx\0Ty\0"]:
         save("queue_envelope", env)
+    assign_seeds()
+    dotqmail_seeds()
+    inject_seeds()
+    bounce_seeds()
+    scheduler_seeds()
     for target in sorted(p.name for p in CORPUS.iterdir()):
         print(target, len(list((CORPUS / target).iterdir())))
 
