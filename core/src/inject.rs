@@ -368,7 +368,8 @@ pub fn quote(s: &str) -> String {
     }
     let mut out = String::from("\"");
     for c in s.chars() {
-        if c == '"' || c == '\\' {
+        // qmail's quote.c escapes CR and LF too.
+        if matches!(c, '"' | '\\' | '\r' | '\n') {
             out.push('\\');
         }
         out.push(c);

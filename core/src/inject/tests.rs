@@ -280,3 +280,10 @@ proptest::proptest! {
         let _ = inject(input.as_bytes(), &settings(), &req(&[]));
     }
 }
+
+#[test]
+fn quote_escapes_line_breaks_as_qmail_does() {
+    assert_eq!(quote("a\nb"), "\"a\\\nb\"");
+    assert_eq!(quote("a\r\"b"), "\"a\\\r\\\"b\"");
+    assert_eq!(quote2("x y@h"), "\"x y\"@h");
+}
