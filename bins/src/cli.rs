@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{home::Home, inject, sendmail, setup, smtpd};
+use crate::{home::Home, inject, send, sendmail, setup, smtpd, up, user};
 
 #[derive(Parser)]
 #[command(
@@ -21,9 +21,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Program {
+    /// The whole mail system in a local folder on loopback ports, as you:
+    /// made on first run, then smtpd and send together until Ctrl-C.
+    Up(up::UpArgs),
     /// The SMTP server (qmail-smtpd): one session on stdin/stdout under
     /// tcpserver, or a daemon with --listen.
     Smtpd(smtpd::SmtpdArgs),
+    /// The delivering daemon (qmail-send, with qmail-start's arguments):
+    /// takes messages from the queue and delivers them.
+    Send(send::SendArgs),
     /// Queue one message (qmail-queue): the message on fd 0, the envelope
     /// on fd 1; exits with qmail-queue's codes.
     Queue(HomeArgs),
@@ -43,6 +49,11 @@ enum Program {
     Setup(HomeArgs),
     /// Compile users/assign into users/cdb, atomically (qmail-newu).
     Newu(HomeArgs),
+    /// Add, list or delete the mailboxes of a qmail home.
+    User(user::UserArgs),
+    /// Compile users/recipients into users/recipients.cdb, atomically
+    /// (s/qmail's qmail-recipients).
+    Recipients(HomeArgs),
 }
 
 /// Every program works on one qmail home.
@@ -82,14 +93,17 @@ impl HomeArgs {
 }
 
 /// qmail's program names and the subcommand each one is.
-const PROGRAM_NAMES: [(&str, &str); 7] = [
+const PROGRAM_NAMES: [(&str, &str); 10] = [
     ("qmail-smtpd", "smtpd"),
+    ("qmail-send", "send"),
+    ("qmail-start", "send"),
     ("qmail-queue", "queue"),
     ("qmail-inject", "inject"),
     ("sendmail", "sendmail"),
     ("mailq", "mailq"),
     ("newaliases", "newaliases"),
     ("qmail-newu", "newu"),
+    ("qmail-recipients", "recipients"),
 ];
 
 /// `qmail-smtpd ARGS` → `sqmail smtpd ARGS`, by the name we were called.
@@ -115,7 +129,9 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         }
     };
     match cli.program {
+        Program::Up(args) => up::main(args),
         Program::Smtpd(args) => smtpd::main(args),
+        Program::Send(args) => send::main(args),
         Program::Queue(args) => queue_main(&args.home()),
         Program::Setup(args) => setup::main(&args.home()),
         Program::Inject(args) => inject::main(args),
@@ -123,6 +139,8 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Program::Mailq(_) => sendmail::mailq(),
         Program::Newaliases(_) => sendmail::newaliases(),
         Program::Newu(args) => newu_main(&args.home()),
+        Program::User(args) => user::main(args),
+        Program::Recipients(args) => user::recipients_main(&args.home()),
     }
 }
 

@@ -4,20 +4,25 @@
 //! takes effect at the next connection. The daemon keeps that promise by
 //! checking the files' modification times (at most once a second) and
 //! reloading when one changed.
+//!
+//! The cdbs that `control/recipients` names are the exception: `sqmail
+//! user` replaces them by rename while the daemon runs, and the next RCPT
+//! must see the change, so they are opened afresh for every lookup.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sqmail_core::control::SmtpdControls;
-use sqmail_core::policy::SmtpPolicy;
+use sqmail_core::policy::{Lookup, LookupError, SmtpPolicy};
+use sqmail_core::recipients::{self, Recipients};
 use sqmail_core::smtp::Config;
 use sqmail_queue::cdbmap::CdbMap;
 
 use crate::home::Home;
 
 /// The files whose change means a reload.
-const WATCHED: [&str; 8] = [
+const WATCHED: [&str; 9] = [
     "me",
     "smtpgreeting",
     "localiphost",
@@ -26,6 +31,7 @@ const WATCHED: [&str; 8] = [
     "badmailfrom",
     "databytes",
     "timeoutsmtpd",
+    "recipients",
 ];
 
 /// What one load of the control files gives the SMTP server.
@@ -38,12 +44,8 @@ pub struct Loaded {
 
 /// Reads the controls (and `$DATABYTES`, which overrides them).
 pub fn load(home: &Home) -> Result<Loaded, String> {
-    let mut controls = SmtpdControls::load_with(&mut |name| {
-        home.read_control(name)
-            .map(|text| text.map(String::into_bytes))
-            .map_err(|e| e.to_string())
-    })
-    .map_err(|e| format!("{}: {e}", home.path().display()))?;
+    let mut controls = SmtpdControls::load_with(&mut |name| home.control_bytes(name))
+        .map_err(|e| format!("{}: {e}", home.path().display()))?;
     if let Ok(value) = std::env::var("DATABYTES") {
         controls.apply_databytes_env(&value);
     }
@@ -53,13 +55,43 @@ pub fn load(home: &Home) -> Result<Loaded, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("{}: {e}", more.display())),
     };
-    let policy = Arc::new(SmtpPolicy::new(&controls, more));
+    let policy = Arc::new(SmtpPolicy::new(&controls, more).with_recipients(load_recipients(home)?));
     let config = Arc::new(server_config(&controls));
     Ok(Loaded {
         controls,
         policy,
         config,
     })
+}
+
+/// `control/recipients` (absent: nothing is checked), each cdb path
+/// relative to the qmail home. A cdb that cannot be opened now is an error
+/// naming the file and line.
+fn load_recipients(home: &Home) -> Result<Recipients, String> {
+    let Some(text) = home.read_control("recipients").map_err(|e| e.to_string())? else {
+        return Ok(Recipients::default());
+    };
+    let in_home = |e: sqmail_core::control::ControlError| format!("{}: {e}", home.path().display());
+    let rules = recipients::parse("recipients", text.as_bytes()).map_err(in_home)?;
+    Recipients::build("recipients", &rules, &mut |path| {
+        let path = home.path().join(path);
+        CdbMap::open(&path).map_err(|e| e.to_string())?;
+        Ok(Box::new(FreshCdb(path)))
+    })
+    .map_err(in_home)
+}
+
+/// A cdb opened for each lookup: one open and a few preads per RCPT buy
+/// seeing a cdb replaced by rename at once (a held `CdbMap` would keep the
+/// old file; the mtime check runs only once a second).
+struct FreshCdb(PathBuf);
+
+impl Lookup for FreshCdb {
+    fn contains(&self, key: &[u8]) -> Result<bool, LookupError> {
+        CdbMap::open(&self.0)
+            .map_err(|e| LookupError(format!("{}: {e}", self.0.display())))?
+            .contains(key)
+    }
 }
 
 /// The session's limits and texts from the controls.

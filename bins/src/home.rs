@@ -21,6 +21,17 @@ impl Home {
         self.path.join("control").join(name)
     }
 
+    /// A control file's bytes, `None` when it does not exist; the form the
+    /// control loaders in core and queue take.
+    pub fn control_bytes(&self, name: &str) -> sqmail_core::control::ReadResult {
+        let path = self.control(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
     /// A control file's text, `None` when it does not exist (qmail treats
     /// a missing control file as its default). Other errors are reported
     /// with the file's path.

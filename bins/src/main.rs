@@ -8,11 +8,14 @@ mod getopt;
 mod home;
 mod inject;
 mod runtime;
+mod send;
 mod sendmail;
 mod setup;
 mod signals;
 mod smtpd;
 mod store;
+mod up;
+mod user;
 
 use std::process::ExitCode;
 

@@ -25,7 +25,11 @@ pub fn main(home: &Home) -> ExitCode {
 }
 
 pub fn setup(home: &Home) -> io::Result<()> {
-    let ids = owners()?;
+    create(home, owners()?)
+}
+
+/// The home, owned by `ids` (qmail's users) or, with `None`, by us.
+pub fn create(home: &Home, ids: Option<QmailIds>) -> io::Result<()> {
     for dir in ["", "control", "users", "alias", "bin"] {
         fs::DirBuilder::new()
             .recursive(true)
@@ -34,14 +38,24 @@ pub fn setup(home: &Home) -> io::Result<()> {
     }
     create_queue(home.path(), ids)?;
     let me = hostname();
-    let domains = if me == "localhost" {
-        "localhost\n".to_string()
-    } else {
-        format!("{me}\nlocalhost\n")
-    };
+    let mut domains = vec![me.clone()];
+    if me != "localhost" {
+        domains.push("localhost".into());
+    }
     write_new(home, "me", &format!("{me}\n"))?;
-    write_new(home, "locals", &domains)?;
-    write_new(home, "rcpthosts", &domains)
+    if !me.contains('.') {
+        // qmail-inject qualifies a host without a dot with defaultdomain
+        // (default: me, giving `vm.vm`); say `localdomain` and take the
+        // result as local.
+        write_new(home, "defaultdomain", "localdomain\n")?;
+        domains.push(format!("{me}.localdomain"));
+    }
+    write_new(home, "locals", &lines(&domains))?;
+    write_new(home, "rcpthosts", &lines(&domains))
+}
+
+fn lines(list: &[String]) -> String {
+    list.iter().map(|l| format!("{l}\n")).collect()
 }
 
 /// qmail's users own the tree when we are root and they exist; otherwise
@@ -64,7 +78,7 @@ fn owners() -> io::Result<Option<QmailIds>> {
 }
 
 /// A control file, written only if it does not exist yet.
-fn write_new(home: &Home, name: &str, contents: &str) -> io::Result<()> {
+pub fn write_new(home: &Home, name: &str, contents: &str) -> io::Result<()> {
     let path = home.control(name);
     match OpenOptions::new()
         .write(true)

@@ -1,7 +1,7 @@
-//! SIGTERM and SIGINT as a [`Shutdown`]. The handler only writes to
-//! signal-hook's self-pipe; a thread of our own reads it and calls
-//! [`Shutdown::trigger`], which takes a lock and wakes the runtime's loop:
-//! work a signal handler must not do.
+//! Signals as calls on a thread of our own: the handler only writes to
+//! signal-hook's self-pipe, and the thread reading it does the work a
+//! signal handler must not do (take locks, wake a runtime's loop, send on
+//! a channel). SIGTERM and SIGINT usually mean a [`Shutdown`].
 
 use std::io;
 use std::thread::{self, JoinHandle};
@@ -9,24 +9,34 @@ use std::thread::{self, JoinHandle};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::{Handle, Signals};
 use sqmail_core::service::Shutdown;
+use std::ffi::c_int;
 
-/// The thread that triggers `shutdown` on SIGTERM or SIGINT. Dropping it
-/// stops the thread and unregisters the signals.
+/// The thread that handles signals. Dropping it stops the thread and
+/// unregisters the signals.
 pub struct SignalThread {
     handle: Handle,
     thread: Option<JoinHandle<()>>,
 }
 
+/// Triggers `shutdown` on SIGTERM or SIGINT.
 pub fn trigger_on_signals(shutdown: &Shutdown) -> io::Result<SignalThread> {
-    let mut signals = Signals::new([SIGTERM, SIGINT])?;
-    let handle = signals.handle();
     let shutdown = shutdown.clone();
+    on_signals(&[SIGTERM, SIGINT], move |_| shutdown.trigger())
+}
+
+/// Calls `on` with each of `signals` as it arrives.
+pub fn on_signals(
+    signals: &[c_int],
+    mut on: impl FnMut(c_int) + Send + 'static,
+) -> io::Result<SignalThread> {
+    let mut signals = Signals::new(signals)?;
+    let handle = signals.handle();
     let thread = thread::Builder::new()
         .name("sqmail-signals".into())
         .spawn(move || {
             // Ends when the handle is closed.
-            for _ in signals.forever() {
-                shutdown.trigger();
+            for signal in signals.forever() {
+                on(signal);
             }
         })?;
     Ok(SignalThread {

@@ -101,6 +101,7 @@ pub(crate) fn ucspi(home: &Home) -> Result<(), String> {
         local_ip: env("TCPLOCALIP").unwrap_or_else(|| "unknown".into()),
         local_host: env("TCPLOCALHOST"),
         relay_client: env("RELAYCLIENT"),
+        recipients_450: env("RECIPIENTS450").is_some(),
     };
     let target = match injection_target(home) {
         Ok(target) => target,
@@ -114,7 +115,25 @@ pub(crate) fn ucspi(home: &Home) -> Result<(), String> {
 }
 
 fn daemon(home: &Home, args: &SmtpdArgs) -> Result<(), String> {
-    if let Some(rules) = &args.rules {
+    let limits = ServeLimits {
+        max_connections: args.max_connections,
+        max_per_ip: args.max_per_ip,
+        blocking_threads: args.commit_threads.max(1),
+    };
+    let shutdown = Shutdown::new();
+    let _signals = signals::trigger_on_signals(&shutdown).map_err(|e| e.to_string())?;
+    serve(home, &args.listen, args.rules.clone(), limits, shutdown)
+}
+
+/// The daemon on `listen` until `shutdown` (which its caller triggers).
+pub fn serve(
+    home: &Home,
+    listen: &[SocketAddr],
+    rules: Option<PathBuf>,
+    limits: ServeLimits,
+    shutdown: Shutdown,
+) -> Result<(), String> {
+    if let Some(rules) = &rules {
         CdbMap::open(rules).map_err(|e| format!("{}: {e}", rules.display()))?;
     }
     if loaded_rcpthosts_missing(home) {
@@ -126,27 +145,19 @@ fn daemon(home: &Home, args: &SmtpdArgs) -> Result<(), String> {
     }
     let factory = Arc::new(Factory {
         controls: ControlCache::new(home.clone())?,
-        rules: args.rules.clone(),
+        rules,
         target: injection_target(home)?,
     });
-    let listeners = args
-        .listen
+    let listeners = listen
         .iter()
         .map(|addr| TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
-    for addr in &args.listen {
+    for addr in listen {
         eprintln!(
             "sqmail smtpd: listening on {addr}, home {}",
             home.path().display()
         );
     }
-    let limits = ServeLimits {
-        max_connections: args.max_connections,
-        max_per_ip: args.max_per_ip,
-        blocking_threads: args.commit_threads.max(1),
-    };
-    let shutdown = Shutdown::new();
-    let _signals = signals::trigger_on_signals(&shutdown).map_err(|e| e.to_string())?;
     Chosen::serve_smtp(listeners, limits, factory, shutdown).map_err(|e| e.to_string())
 }
 
@@ -198,6 +209,14 @@ impl SessionFactory for Factory {
             local_ip: local.ip().to_canonical().to_string(),
             local_host: loaded.controls.me.clone(),
             relay_client: setting("RELAYCLIENT"),
+            // As under tcpserver: the rules' value, else the daemon's own.
+            recipients_450: match rule
+                .as_ref()
+                .and_then(|r| r.env.iter().find(|(k, _)| k == "RECIPIENTS450"))
+            {
+                Some((_, value)) => value.is_some(),
+                None => std::env::var_os("RECIPIENTS450").is_some(),
+            },
         };
         let store = QueueStore::new(self.target.clone());
         Admission::Accept {

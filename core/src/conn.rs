@@ -18,4 +18,8 @@ pub struct ConnInfo {
     /// `RELAYCLIENT`: present means the client may relay; the value is
     /// appended to every recipient, as qmail-smtpd does.
     pub relay_client: Option<String>,
+    /// `RECIPIENTS450` (s/qmail): set means a recipient that
+    /// `control/recipients` does not know gets a temporary 450 instead of
+    /// 550, so senders retry while a mailbox is being set up.
+    pub recipients_450: bool,
 }

@@ -13,6 +13,7 @@ pub mod dotqmail;
 pub mod inject;
 pub mod policy;
 pub mod received;
+pub mod recipients;
 pub mod service;
 pub mod smtp;
 pub mod tcprules;

@@ -21,12 +21,18 @@
 //!
 //! As in qmail, badmailfrom is checked first and for everyone, relay
 //! clients and `postmaster` included.
+//!
+//! As in s/qmail, clients without `RELAYCLIENT` then meet
+//! `control/recipients` ([`crate::recipients`]) after rcpthosts: an unknown
+//! recipient is refused with 550 (450 with `RECIPIENTS450`). `postmaster`
+//! is exempt here too, as RFC 5321 section 4.5.1 wants.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use crate::conn::ConnInfo;
 use crate::control::SmtpdControls;
+use crate::recipients::Recipients;
 use crate::smtp::Reply;
 
 /// A set of keys held outside the core, such as a cdb file
@@ -81,6 +87,11 @@ pub const REPLY_SOURCE_ROUTE: Reply = Reply::new(
     "5.7.1",
     "sorry, I don't accept source-routed addresses",
 );
+/// s/qmail's answer for a recipient `control/recipients` does not know.
+pub const REPLY_NO_MAILBOX: Reply = Reply::new(550, "5.1.1", "sorry, no mailbox here by that name");
+/// The same with `RECIPIENTS450`: the sender should try again later.
+pub const REPLY_NO_MAILBOX_YET: Reply =
+    Reply::new(450, "4.1.1", "sorry, no mailbox here by that name");
 /// morercpthosts.cdb (or another lookup) could not be read.
 pub const REPLY_CONTROLS: Reply = Reply::new(451, "4.3.0", "unable to read controls");
 
@@ -211,12 +222,16 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
     text.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-/// The qmail-smtpd policy: rcpthosts, badmailfrom, RELAYCLIENT and
-/// localiphost, plus the untrusted-routing refusals described above.
+/// The qmail-smtpd policy: rcpthosts, badmailfrom, RELAYCLIENT,
+/// localiphost and s/qmail's recipients, plus the untrusted-routing
+/// refusals described above.
 #[derive(Debug)]
 pub struct SmtpPolicy {
     pub rcpthosts: RcptHosts,
     pub badmailfrom: BadMailFrom,
+    /// `control/recipients`, its cdbs opened by the host; empty (nothing
+    /// checked) unless the host sets it.
+    pub recipients: Recipients,
     /// `localiphost` (or `me`): replaces our own address literals.
     pub localiphost: Option<String>,
     /// More addresses that count as "this host" for the localiphost
@@ -232,9 +247,16 @@ impl SmtpPolicy {
         SmtpPolicy {
             rcpthosts: RcptHosts::new(controls.rcpthosts.as_deref(), morercpthosts),
             badmailfrom: BadMailFrom::new(&controls.badmailfrom),
+            recipients: Recipients::default(),
             localiphost: controls.localiphost.clone(),
             local_ips: Vec::new(),
         }
+    }
+
+    /// The policy with `control/recipients` in force.
+    pub fn with_recipients(mut self, recipients: Recipients) -> Self {
+        self.recipients = recipients;
+        self
     }
 
     /// qmail's `addrparse` tail: `box@[our IP]` becomes `box@localiphost`,
@@ -295,7 +317,12 @@ impl SmtpPolicy {
             return Ok(rcpt);
         }
         check_routing(&rcpt, had_source_route)?;
-        Ok(rcpt)
+        match self.recipients.accepts(&rcpt) {
+            Ok(true) => Ok(rcpt),
+            Ok(false) if conn.recipients_450 => Err(REPLY_NO_MAILBOX_YET),
+            Ok(false) => Err(REPLY_NO_MAILBOX),
+            Err(_) => Err(REPLY_CONTROLS),
+        }
     }
 }
 
@@ -424,6 +451,74 @@ mod tests {
         );
         let err = p
             .check_rcpt(&conn(), "", "a@other.example", false)
+            .unwrap_err();
+        assert_eq!((err.code, err.enhanced), (451, "4.3.0"));
+    }
+
+    fn with_recipients(text: &str, keys: &[&str]) -> SmtpPolicy {
+        let rules = crate::recipients::parse("recipients", text.as_bytes()).unwrap();
+        let mut keys = Some(set(keys));
+        let r = Recipients::build("recipients", &rules, &mut |_| {
+            Ok(keys.take().unwrap_or_else(|| Box::new(Broken)))
+        })
+        .unwrap();
+        policy(Some(&["example.com", "open.example"]), &[]).with_recipients(r)
+    }
+
+    #[test]
+    fn recipients_refuse_unknown_mailboxes_after_rcpthosts() {
+        let p = with_recipients(
+            "!open.example:\nusers/recipients.cdb\n",
+            &[":alice@example.com"],
+        );
+        let c450 = ConnInfo {
+            recipients_450: true,
+            ..conn()
+        };
+        let ok = |a: &str| Ok::<String, Reply>(a.to_string());
+        let cases: &[(&ConnInfo, &str, Result<String, Reply>)] = &[
+            (&conn(), "alice@example.com", ok("alice@example.com")),
+            (&conn(), "ALICE@Example.Com", ok("ALICE@Example.Com")),
+            (&conn(), "bob@example.com", Err(REPLY_NO_MAILBOX)),
+            (&c450, "bob@example.com", Err(REPLY_NO_MAILBOX_YET)),
+            (&c450, "alice@example.com", ok("alice@example.com")),
+            // rcpthosts first: its refusal, not the recipients one.
+            (&conn(), "bob@elsewhere.example", Err(REPLY_NOT_RCPTHOST)),
+            (&conn(), "a%b@example.com", Err(REPLY_ROUTED_LOCALPART)),
+            (&conn(), "anyone@open.example", ok("anyone@open.example")),
+            (
+                &conn(),
+                "postmaster@example.com",
+                ok("postmaster@example.com"),
+            ),
+            (&conn(), "bob", ok("bob")),
+        ];
+        for (c, rcpt, want) in cases {
+            assert_eq!(&p.check_rcpt(c, "s@x.org", rcpt, false), want, "{rcpt}");
+        }
+        // RELAYCLIENT skips the check, as it skips rcpthosts.
+        assert_eq!(
+            p.check_rcpt(&relay_conn(""), "", "bob@example.com", false),
+            Ok("bob@example.com".into())
+        );
+        let mut out = Vec::new();
+        REPLY_NO_MAILBOX.write_to(&mut out);
+        assert_eq!(out, b"550 5.1.1 sorry, no mailbox here by that name\r\n");
+        out.clear();
+        REPLY_NO_MAILBOX_YET.write_to(&mut out);
+        assert_eq!(out, b"450 4.1.1 sorry, no mailbox here by that name\r\n");
+    }
+
+    #[test]
+    fn recipients_lookup_error_is_temporary() {
+        // The second cdb line gets a broken lookup.
+        let p = with_recipients("open.example:a.cdb\n*:b.cdb\n", &[":x@open.example"]);
+        assert_eq!(
+            p.check_rcpt(&conn(), "", "x@open.example", false),
+            Ok("x@open.example".into())
+        );
+        let err = p
+            .check_rcpt(&conn(), "", "a@example.com", false)
             .unwrap_err();
         assert_eq!((err.code, err.enhanced), (451, "4.3.0"));
     }

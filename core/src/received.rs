@@ -157,6 +157,7 @@ mod tests {
             local_ip: "10.0.0.1".into(),
             local_host: Some("silverton.berkeley.edu".into()),
             relay_client: None,
+            recipients_450: false,
         }
     }
 

@@ -817,3 +817,20 @@ proptest! {
         prop_assert!(h.late.is_empty(), "{:?}", h.late);
     }
 }
+
+#[test]
+fn an_id_is_reused_once_its_message_is_gone() {
+    // Ids are inodes: the file system hands a removed mess/N's number out
+    // again, and the new message must be delivered like any other.
+    let mut s = Scheduler::new(config());
+    for round in 0..3 {
+        let a = new_msg(&mut s, T0 + round, 5, "a@b", &["joe"]);
+        let b = confirm_all(&mut s, T0 + round, &a);
+        let started = starts(&b);
+        assert_eq!(started.len(), 1, "round {round}: {b:?}");
+        let r = result(&mut s, T0 + round, started[0].0, Outcome::Success, "ok");
+        let done = confirm_all(&mut s, T0 + round, &r);
+        let end = confirm_all(&mut s, T0 + round, &done);
+        assert_eq!(logs(&end), ["end msg 5"], "round {round}");
+    }
+}
