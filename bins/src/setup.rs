@@ -49,6 +49,9 @@ pub fn create(home: &Home, ids: Option<QmailIds>) -> io::Result<()> {
         // result as local.
         write_new(home, "defaultdomain", "localdomain\n")?;
         domains.push(format!("{me}.localdomain"));
+        if me != "localhost" {
+            domains.push("localhost.localdomain".into());
+        }
     }
     write_new(home, "locals", &lines(&domains))?;
     write_new(home, "rcpthosts", &lines(&domains))

@@ -427,18 +427,19 @@ impl Spool {
     /// `remote/N`, then `mess/N`, truncated first so its space is freed even
     /// if the unlink fails. Files already gone are fine.
     pub fn remove(&self, id: MessageId) -> io::Result<()> {
-        for dir in [Dir::Bounce, Dir::Info, Dir::Local, Dir::Remote] {
+        // info/N goes last: until then `recover` finds the message, and with
+        // its recipient files gone (or all done) and no bounce pending, the
+        // scheduler removes it again. No fsync: removal is idempotent.
+        for dir in [Dir::Bounce, Dir::Local, Dir::Remote] {
             unlink(&self.file(dir, id))?;
         }
-        // info/N is what recover looks for: make its removal durable before
-        // mess/N goes, so a crash cannot bring back a message without text.
-        sys::fsync(self.split_fd(Dir::Info, id)).map_err(ctx(&self.dir_of(Dir::Info, id)))?;
         let mess = self.file(Dir::Mess, id);
         // Best effort: mess/ may belong to qmailq and not be writable here.
         if let Ok(file) = OpenOptions::new().write(true).open(&mess) {
             let _ = file.set_len(0);
         }
-        unlink(&mess).map(drop)
+        unlink(&mess)?;
+        unlink(&self.file(Dir::Info, id)).map(drop)
     }
 
     /// Every preprocessed message, as the scheduler's `Input::Recovered`
@@ -488,7 +489,7 @@ impl Spool {
             .filter(|s| !s.contains(&0))
             .ok_or_else(|| format!("{}: not F<sender>\\0", info_path.display()))?;
         let mess = self.file(Dir::Mess, id);
-        fs::metadata(&mess).map_err(|e| text(ctx(&mess)(e)))?;
+        let mess_missing = fs::metadata(&mess).map_err(|e| text(ctx(&mess)(e))).err();
 
         let mut recipients = [Vec::new(), Vec::new()];
         let mut next_retry = [None; 2];
@@ -507,6 +508,14 @@ impl Spool {
             }
             None => Vec::new(),
         };
+        // Without its text a message can only be one whose removal a crash
+        // cut short: everything done, nothing left to bounce.
+        if let Some(missing) = mess_missing {
+            let finished = bounces.is_empty() && recipients.iter().flatten().all(|(_, done)| *done);
+            if !finished {
+                return Err(missing);
+            }
+        }
         Ok(Some(OnDisk {
             id,
             sender: sender.to_vec(),

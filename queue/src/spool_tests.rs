@@ -508,6 +508,26 @@ fn remove_deletes_every_file() {
 }
 
 #[test]
+fn a_removal_cut_short_is_found_finished() {
+    // Every step of `remove` but the last (info/N) done, as a crash may
+    // leave it: recover returns a message with nothing left to do.
+    let f = setup();
+    let id = f.preprocessed(&["l@here"], &[]);
+    f.spool.mark_done(id, Channel::Local, 0, None).unwrap();
+    fs::remove_file(f.file("local", id)).unwrap();
+    fs::remove_file(f.spool.message_path(id)).unwrap();
+    let m = f.recover_one();
+    assert_eq!(m.id, id);
+    assert!(m.recipients.iter().all(Vec::is_empty));
+    f.spool.remove(id).unwrap();
+    assert!(!f.file("info", id).exists());
+    // Without its text, a message with work left is still a problem.
+    let open = f.preprocessed(&["l@here"], &[]);
+    fs::remove_file(f.spool.message_path(open)).unwrap();
+    assert_eq!(f.problems(), vec![open]);
+}
+
+#[test]
 fn unreadable_messages_are_problems_not_errors() {
     let f = setup();
     let good = f.preprocessed(&["l@here"], &["r@far"]);

@@ -4,7 +4,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn sqmail() -> Command {
@@ -185,4 +186,255 @@ pub fn code(reply: &str) -> std::io::Result<u16> {
         .get(..3)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("no reply code in {reply:?}")))
+}
+
+/// Polls `done` every 10 ms until it holds or `timeout` passes; says which.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Collects everything `from` writes, on a thread, into a shared string.
+fn collect(
+    mut from: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let to = Arc::clone(&text);
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => to
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    });
+    (text, thread)
+}
+
+/// A long-running `sqmail` program (`send`, `up`) whose stdout and stderr
+/// are read by threads as it writes them; SIGKILLed when dropped.
+pub struct Proc {
+    pub child: Child,
+    out: Arc<Mutex<String>>,
+    err: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout and stderr piped to us and stdin empty.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (out, t1) = collect(child.stdout.take().unwrap());
+        let (err, t2) = collect(child.stderr.take().unwrap());
+        Proc {
+            child,
+            out,
+            err,
+            readers: vec![t1, t2],
+            exited: None,
+        }
+    }
+
+    /// `sqmail send --home HOME ARGS`.
+    pub fn send(home: &Path, args: &[&str]) -> Proc {
+        let mut cmd = sqmail();
+        cmd.args(["send", "--home"]).arg(home).args(args);
+        Proc::spawn(cmd)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.err.lock().unwrap().clone()
+    }
+
+    /// Both, for assertion messages.
+    pub fn output(&self) -> String {
+        format!(
+            "--- stdout:\n{}--- stderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    pub fn signal(&self, signal: i32) {
+        if self.exited.is_none() {
+            // SAFETY: kill(2) on our own child, which has not been reaped.
+            assert_eq!(unsafe { libc::kill(self.pid(), signal) }, 0, "kill");
+        }
+    }
+
+    /// Waits (at most 20 s) until stdout satisfies `done`; panics with the
+    /// output so far, saying it waited for `what`, if it never does.
+    pub fn wait_stdout(&self, what: &str, done: impl Fn(&str) -> bool) {
+        let ok = wait_until(Duration::from_secs(20), || done(&self.out.lock().unwrap()));
+        assert!(ok, "timed out waiting for {what}\n{}", self.output());
+    }
+
+    /// Waits (at most 20 s) until stdout contains `text`.
+    pub fn wait_for(&self, text: &str) {
+        self.wait_stdout(&format!("{text:?}"), |out| out.contains(text));
+    }
+
+    /// Waits (at most `timeout`) for it to exit, then (briefly) for its
+    /// output to be read to the end; `None` if it is still running.
+    pub fn try_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            let child = &mut self.child;
+            let mut status = None;
+            wait_until(timeout, || {
+                status = child.try_wait().unwrap();
+                status.is_some()
+            });
+            self.exited = status;
+        }
+        if self.exited.is_some() {
+            // Its children may hold the pipes a little longer.
+            wait_until(Duration::from_secs(5), || {
+                self.readers.iter().all(|t| t.is_finished())
+            });
+        }
+        self.exited
+    }
+
+    /// Waits (at most 20 s) for it to exit; panics if it does not.
+    pub fn exit(&mut self) -> ExitStatus {
+        match self.try_exit(Duration::from_secs(20)) {
+            Some(status) => status,
+            None => panic!("did not exit\n{}", self.output()),
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            self.exited = self.child.wait().ok();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `sqmail user add ADDRESS --home HOME` with no password; returns the
+/// new mailbox's Maildir (as `sqmail user` reports it).
+pub fn add_mailbox(home: &Path, address: &str) -> PathBuf {
+    let out = sqmail()
+        .args(["user", "add", address, "--home"])
+        .arg(home)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sqmail user add {address}: {out:?}");
+    let said = String::from_utf8(out.stdout).unwrap();
+    let maildir = said
+        .trim_end()
+        .rsplit_once(", mail in ")
+        .unwrap_or_else(|| panic!("no Maildir in {said:?}"))
+        .1;
+    PathBuf::from(maildir)
+}
+
+/// Runs `sqmail PROGRAM --home HOME ARGS` (`inject`, `sendmail`) with
+/// `message` on stdin; panics unless it exits 0.
+pub fn inject_with(program: &str, home: &Path, args: &[&str], message: &str) {
+    let mut child = sqmail()
+        .arg(program)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("QMAILQUEUE")
+        .env_remove("QMAILINJECT")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sqmail {program} {args:?}: {out:?}");
+}
+
+/// The messages delivered to `maildir` (its `new/` and `cur/`).
+pub fn maildir_messages(maildir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        let Ok(entries) = std::fs::read_dir(maildir.join(sub)) else {
+            continue;
+        };
+        for entry in entries {
+            // A file can only be read whole: Maildir delivery links it
+            // into new/ once it is complete.
+            if let Ok(text) = std::fs::read_to_string(entry.unwrap().path()) {
+                out.push(text);
+            }
+        }
+    }
+    out
+}
+
+/// The `Subject:` of a delivered message.
+pub fn subject(message: &str) -> Option<&str> {
+    message.lines().find_map(|l| l.strip_prefix("Subject: "))
+}
+
+/// Every file left in the queue's message directories (todo, info,
+/// local, remote, mess, bounce), by path below `queue/`. Not `intd/`: a
+/// crash between preprocessing's unlinks of `todo/N` and `intd/N` leaves
+/// an `intd/N` that only the 36-hour cleanup removes, as in qmail.
+pub fn queue_files(home: &Path) -> Vec<String> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else {
+                out.push(path.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let queue = home.join("queue");
+    let mut out = Vec::new();
+    for dir in ["todo", "info", "local", "remote", "mess", "bounce"] {
+        walk(&queue.join(dir), &queue, &mut out);
+    }
+    out.sort();
+    out
 }

@@ -17,6 +17,7 @@ mod qmail_local;
 mod users;
 
 use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 
 pub use newu::{newu, write_cdb};
@@ -162,7 +163,10 @@ pub fn deliver_with(req: &Request<'_>, pw: &dyn Passwd) -> Outcome {
         message: &inherited,
         ..*req
     };
-    as_user(user.uid, user.gid, || deliver_as_current_user(&user, &req))
+    let keep = std::os::fd::AsRawFd::as_raw_fd(&message);
+    as_user(user.uid, user.gid, keep, || {
+        deliver_as_current_user(&user, &req)
+    })
 }
 
 /// qmail-local itself, without changing users: for a caller that already
@@ -175,7 +179,11 @@ pub fn deliver_as_current_user(user: &UserEntry, req: &Request<'_>) -> Outcome {
 /// qmail-lspawn's `prot_gid`/`prot_uid`. Meant for a process that is
 /// single-threaded or whose other threads hold no locks across fork (the
 /// child only allocates, does file I/O and spawns programs).
-fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> Outcome) -> Outcome {
+///
+/// The child keeps only stdin, stdout, stderr, its result pipe and `keep`:
+/// the daemon's sockets and its `lock/sendmutex` must not live on in a
+/// delivery (a long `|program` would hold the queue lock after a crash).
+fn as_user(uid: u32, gid: u32, keep: RawFd, f: impl FnOnce() -> Outcome) -> Outcome {
     let (mut reader, mut writer) = match std::io::pipe() {
         Ok(p) => p,
         Err(_) => return Outcome::new(Verdict::Deferral, "Temporary failure in qmail-lspawn.\n"),
@@ -187,6 +195,7 @@ fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> Outcome) -> Outcome {
     }
     if pid == 0 {
         drop(reader);
+        close_all_but(&[keep, writer.as_raw_fd()]);
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // SAFETY: plain system calls in the child.
             let dropped = unsafe {
@@ -215,6 +224,25 @@ fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> Outcome) -> Outcome {
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
     decode(&buf).unwrap_or_else(|| Outcome::new(Verdict::Deferral, "qmail-local crashed.\n"))
+}
+
+/// Closes every descriptor from 3 up except `keep`.
+fn close_all_but(keep: &[RawFd]) {
+    let mut keep: Vec<RawFd> = keep.iter().copied().filter(|&fd| fd >= 3).collect();
+    keep.sort_unstable();
+    let mut first: RawFd = 3;
+    for fd in keep.into_iter().chain([RawFd::MAX]) {
+        if fd > first {
+            let last = if fd == RawFd::MAX {
+                u32::MAX
+            } else {
+                fd as u32 - 1
+            };
+            // SAFETY: close_range on descriptors nothing in this child uses.
+            unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
+        }
+        first = fd.saturating_add(1);
+    }
 }
 
 fn put(out: &mut Vec<u8>, field: &[u8]) {

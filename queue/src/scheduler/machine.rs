@@ -406,6 +406,7 @@ impl Scheduler {
                 ..
             } => {
                 let c = channel as usize;
+                self.in_flight[c] -= 1;
                 if let Some(m) = self.messages.get_mut(&id) {
                     if let Some(r) = m.rcpts[c].get_mut(index) {
                         r.state = RState::Done;
@@ -414,6 +415,7 @@ impl Scheduler {
                     m.bounces.extend(failure);
                     self.end_of_pass(id, channel);
                 }
+                self.log_status();
             }
             Action::RemoveMessage { id, .. } => {
                 self.messages.remove(&id);
@@ -434,8 +436,11 @@ impl Scheduler {
             return Err(Misuse::UnknownDelivery(delivery));
         };
         let c = channel as usize;
-        self.in_flight[c] -= 1;
+        // A success or failure keeps its slot until its mark is durable
+        // (see `on_written`): a crash then repeats at most `concurrency`
+        // finished deliveries per channel, however far the writes lag.
         let Some(m) = self.messages.get_mut(&id) else {
+            self.in_flight[c] -= 1;
             return Ok(());
         };
         let (outcome, report) = match outcome {
@@ -453,11 +458,13 @@ impl Scheduler {
         };
         let line = log::delivery(delivery, kind, &report);
         let Some(r) = m.rcpts[c].get_mut(index) else {
+            self.in_flight[c] -= 1;
             return Ok(());
         };
         let recipient = r.addr.clone();
         match outcome {
             Outcome::Deferral => {
+                self.in_flight[c] -= 1;
                 r.state = RState::Todo;
                 m.chans[c].busy = m.chans[c].busy.saturating_sub(1);
                 self.log(line);
@@ -476,6 +483,7 @@ impl Scheduler {
                     index,
                     failure,
                 });
+                return Ok(());
             }
         }
         self.log_status();

@@ -367,6 +367,8 @@ struct Host {
     now: u64,
     /// Writes asked for and not applied yet.
     writes: Vec<Action>,
+    /// Writes that failed and that the machine has not asked for again.
+    failed: Vec<Action>,
     bounces: Vec<BounceRequest>,
     deliveries: Vec<(u64, MessageId, Channel, Vec<u8>)>,
     /// Bounces queued, and successful deliveries made (the world's view).
@@ -386,6 +388,7 @@ impl Host {
             disk: Disk::default(),
             now: T0,
             writes: vec![],
+            failed: vec![],
             bounces: vec![],
             deliveries: vec![],
             injected: vec![],
@@ -407,10 +410,19 @@ impl Host {
         self.check_counts();
     }
 
+    /// A slot is taken from the start of a delivery until its result is
+    /// a deferral or its done mark is durable.
     fn check_counts(&self) {
         for c in Channel::ALL {
-            let n = self.deliveries.iter().filter(|d| d.2 == c).count();
-            assert_eq!(n, self.s.in_flight(c));
+            let running = self.deliveries.iter().filter(|d| d.2 == c).count();
+            let marking = self
+                .writes
+                .iter()
+                .chain(&self.failed)
+                .filter(|w| matches!(w, Action::MarkDone { channel, .. } if *channel == c))
+                .count();
+            assert_eq!(running + marking, self.s.in_flight(c));
+            assert!(self.s.in_flight(c) <= self.cfg.concurrency[c as usize]);
         }
     }
 
@@ -490,7 +502,9 @@ impl Host {
             return;
         }
         let w = self.writes.remove(k % self.writes.len());
-        self.handle(Input::WriteFailed(ticket_of(&w)));
+        let ticket = ticket_of(&w);
+        self.failed.push(w);
+        self.handle(Input::WriteFailed(ticket));
     }
 
     fn finish(&mut self, k: usize, outcome: Outcome) {
@@ -560,6 +574,7 @@ impl Host {
             }
         }
         self.deliveries.clear();
+        self.failed.clear();
         // (4) the same disk gives the same decisions.
         let (s, a1) = rebuild(&self.cfg, &self.disk, self.now);
         let (_, a2) = rebuild(&self.cfg, &self.disk, self.now);
@@ -614,7 +629,11 @@ impl Host {
                 self.bounces.push(b);
             }
             Action::Log(_) => {}
-            w => self.writes.push(w),
+            w => {
+                let ticket = ticket_of(&w);
+                self.failed.retain(|f| ticket_of(f) != ticket);
+                self.writes.push(w)
+            }
         }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! One thread owns the scheduler and the log; everything that touches the
 //! disk or runs a delivery goes to a [`Worker`] on a pool thread, and comes
-//! back as the scheduler's input. Two pools: queue writes (short fsyncs the
-//! scheduler waits on) and local deliveries (`concurrencylocal` threads).
+//! back as the scheduler's input. Three pools: local deliveries
+//! (`concurrencylocal` threads), done marks, and the other queue writes
+//! (short fsyncs the scheduler waits on).
 //! Remote delivery is not built yet: the remote channel is held, so remote
 //! recipients stay queued, and the log says so.
 
@@ -34,6 +35,8 @@ const RESCAN_SECS: u64 = 1500;
 const CLEANUP_SECS: u64 = 76431;
 /// Threads making queue writes; more lets fsyncs share journal commits.
 const DISK_THREADS: usize = 4;
+/// Threads writing done marks.
+const MARK_THREADS: usize = 2;
 
 /// Why the remote channel is held (in the log line that says so).
 pub const REMOTE_HELD: &str = "remote delivery is not built yet; remote recipients stay queued";
@@ -153,6 +156,15 @@ impl Daemon {
             self.events.clone(),
             answer(&self.worker),
         )?;
+        // Done marks free delivery slots (the scheduler holds a slot until
+        // its mark is durable), so they never wait behind a backlog of new
+        // messages being preprocessed.
+        let marks = Pool::new(
+            "sqmail-marks",
+            MARK_THREADS,
+            self.events.clone(),
+            answer(&self.worker),
+        )?;
         let handle = self.handle();
         let _trigger = Trigger::start(self.worker.spool().path(), move || {
             handle.send(Control::Trigger)
@@ -172,6 +184,10 @@ impl Daemon {
                     Action::StartDelivery { .. } | Action::InjectBounce(_) => {
                         self.outstanding += 1;
                         deliveries.submit(action);
+                    }
+                    Action::MarkDone { .. } => {
+                        self.outstanding += 1;
+                        marks.submit(action);
                     }
                     _ => {
                         if let Action::Preprocess { ticket, id, .. } = &action {
@@ -245,6 +261,7 @@ impl Daemon {
             }
         }
         drop(deliveries);
+        drop(marks);
         drop(disk);
         self.save_retry_times(log)?;
         writeln!(log, "status: exiting")?;
