@@ -108,6 +108,57 @@ pub fn forward_signals(
     })
 }
 
+/// The files `load_rewriter` reads.
+const REWRITING: [&str; 5] = [
+    "me",
+    "locals",
+    "percenthack",
+    "virtualdomains",
+    "envnoathost",
+];
+
+/// For `sqmail up`: a SIGHUP whenever the rewriting rules change (checked
+/// every second), so a domain `sqmail user add` makes local is delivered
+/// locally at once. qmail-send itself waits for the HUP, as qmail does.
+pub fn reload_on_change(home: &Home, handle: Handle) -> io::Result<JoinHandle<()>> {
+    let home = home.clone();
+    let stamp = move |home: &Home| -> Vec<Option<std::time::SystemTime>> {
+        REWRITING
+            .iter()
+            .map(|name| {
+                std::fs::metadata(home.control(name))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .collect()
+    };
+    thread::Builder::new()
+        .name("sqmail-controls".into())
+        .spawn(move || {
+            let mut seen = stamp(&home);
+            loop {
+                thread::sleep(std::time::Duration::from_secs(1));
+                let now = stamp(&home);
+                if now == seen {
+                    // Also how the thread learns the daemon has stopped.
+                    if !handle.alive() {
+                        return;
+                    }
+                    continue;
+                }
+                seen = now;
+                match send::load_rewriter(&mut |name| home.control_bytes(name)) {
+                    Ok(rewriter) => {
+                        if !handle.send(Control::Reload(rewriter)) {
+                            return;
+                        }
+                    }
+                    Err(e) => eprintln!("sqmail send: warning: not reloaded: control/{e}"),
+                }
+            }
+        })
+}
+
 /// qmail-start's logger: our stdout becomes the logger's stdin.
 fn spawn_logger(argv: &[String]) -> io::Result<Child> {
     use std::os::fd::AsRawFd;

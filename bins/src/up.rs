@@ -103,6 +103,7 @@ fn up(args: &UpArgs) -> Result<(), String> {
         Some(Box::new(move || stop_smtpd.trigger())),
     )
     .map_err(|e| format!("unable to catch signals: {e}"))?;
+    let _watch = send::reload_on_change(&home, handle.clone()).map_err(|e| e.to_string())?;
     let sender = send::spawn(daemon).map_err(|e| e.to_string())?;
     let served = match args.smtp {
         Endpoint::At(addr) => smtpd::serve(&home, &[addr], None, ServeLimits::default(), shutdown),

@@ -39,6 +39,7 @@ for _ in $(seq 100); do
   grep -q listening /tmp/sqmail-bench.log 2>/dev/null && break; sleep 0.1
 done
 echo | run_as "$bin" user add --home "$home" bench@bench.test >/dev/null
+sleep 2  # up rereads locals/virtualdomains once a second
 sq=$(python3 "$here/bench_mta.py" --name sqmail --port $SQ_PORT --n "$N" --conc "$CONC" --reps "$REPS" \
   --maildir "$home/mailboxes/bench@bench.test/Maildir" | tee /dev/stderr | grep '^| sqmail |' | tail -1)
 kill -TERM "$up"; wait "$up" || true

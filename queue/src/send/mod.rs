@@ -57,6 +57,8 @@ pub enum Control {
 enum Event {
     Control(Control),
     Answer(Option<Answer>),
+    /// Asks nothing: a sender learns whether the daemon still listens.
+    Ping,
 }
 
 /// Sends [`Control`]s to a running daemon; cheap to clone.
@@ -67,6 +69,11 @@ impl Handle {
     /// False once the daemon has stopped.
     pub fn send(&self, control: Control) -> bool {
         self.0.send(Event::Control(control)).is_ok()
+    }
+
+    /// Whether the daemon still runs, without telling it anything.
+    pub fn alive(&self) -> bool {
+        self.0.send(Event::Ping).is_ok()
     }
 }
 
@@ -228,6 +235,7 @@ impl Daemon {
                     self.take(now, answer, log)?;
                 }
                 Ok(Event::Answer(None)) => self.outstanding -= 1,
+                Ok(Event::Ping) => {}
                 Ok(Event::Control(Control::Trigger)) => {
                     // Many triggers may be waiting; one scan covers them.
                     self.intake(now, log)?;
