@@ -86,12 +86,21 @@ pub fn ucspi(home: &Path, env: &[(&str, &str)], input: &[u8]) -> (String, bool) 
     (out, child.wait().unwrap().success())
 }
 
+/// A loopback port no other test of this process is given. Ports the
+/// kernel hands out (bind to port 0) can be handed out again to a parallel
+/// test before our daemon binds it, which then talks to the wrong daemon;
+/// so ports come from a counter below the ephemeral range, checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(97);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + (base.wrapping_add(n) % 12000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `sqmail smtpd --listen` on a free loopback port, killed when dropped.
