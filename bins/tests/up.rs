@@ -170,26 +170,9 @@ fn swaks(port: u16, to: &str) {
 
 /// `sqmail PROGRAM ARGS` with SQMAIL_HOME=`home` and `message` on stdin.
 fn inject_env(program: &str, home: &Path, args: &[&str], message: &str) {
-    use std::io::Write;
-    let mut child = sqmail()
-        .arg(program)
-        .args(args)
-        .env("SQMAIL_HOME", home)
-        .env_remove("QMAILQUEUE")
-        .env_remove("QMAILINJECT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(message.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sqmail {program} {args:?}: {out:?}");
+    let mut cmd = sqmail();
+    cmd.arg(program).args(args).env("SQMAIL_HOME", home);
+    common::run_with_input(cmd, message);
 }
 
 #[test]

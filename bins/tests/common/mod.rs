@@ -376,11 +376,15 @@ pub fn add_mailbox(home: &Path, address: &str) -> PathBuf {
 /// Runs `sqmail PROGRAM --home HOME ARGS` (`inject`, `sendmail`) with
 /// `message` on stdin; panics unless it exits 0.
 pub fn inject_with(program: &str, home: &Path, args: &[&str], message: &str) {
-    let mut child = sqmail()
-        .arg(program)
-        .arg("--home")
-        .arg(home)
-        .args(args)
+    let mut cmd = sqmail();
+    cmd.arg(program).arg("--home").arg(home).args(args);
+    run_with_input(cmd, message);
+}
+
+/// Runs `cmd` (without a queue program or inject flags from our own
+/// environment) with `message` on stdin; panics unless it exits 0.
+pub fn run_with_input(mut cmd: Command, message: &str) {
+    let mut child = cmd
         .env_remove("QMAILQUEUE")
         .env_remove("QMAILINJECT")
         .stdin(Stdio::piped())
@@ -395,7 +399,7 @@ pub fn inject_with(program: &str, home: &Path, args: &[&str], message: &str) {
         .write_all(message.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "sqmail {program} {args:?}: {out:?}");
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
 }
 
 /// The messages delivered to `maildir` (its `new/` and `cur/`).
