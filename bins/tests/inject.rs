@@ -3,32 +3,18 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use common::{sqmail, TestHome};
 
 fn run(home: &TestHome, program: &str, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
-    let mut child = sqmail()
-        .arg(program)
+    let mut cmd = sqmail();
+    cmd.arg(program)
         .arg("--home")
         .arg(&home.path)
         .args(args)
-        .env_remove("QMAILQUEUE")
-        .env_remove("QMAILINJECT")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+        .envs(env.iter().copied());
+    common::output_with_input(&mut cmd, input)
 }
 
 fn home(name: &str) -> TestHome {

@@ -143,3 +143,23 @@ pub struct Report {
     /// Unexpected failures and unexpected passes.
     pub problems: Vec<String>,
 }
+
+impl Report {
+    /// For a target that runs every trace: each of the `traces` ran whole
+    /// and byte-split, none was skipped, and each run passed or failed as
+    /// its `@xfail` says (those are printed).
+    pub fn assert_every_run_passed(&self, traces: usize) {
+        for k in &self.known {
+            eprintln!("{k}");
+        }
+        assert!(self.skipped.is_empty(), "{:?}", self.skipped);
+        assert!(
+            self.problems.is_empty(),
+            "{} of {} runs went wrong:\n{}",
+            self.problems.len(),
+            traces * 2,
+            self.problems.join("\n")
+        );
+        assert_eq!(self.passed + self.known.len(), traces * 2);
+    }
+}

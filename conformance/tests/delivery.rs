@@ -14,19 +14,7 @@ fn delivery_corpus() {
         traces.len()
     );
     assert!(traces.iter().all(|t| t.corpus == Corpus::Delivery));
-    let report = run_corpus(&traces, Target::Machine, None);
-    for k in &report.known {
-        eprintln!("{k}");
-    }
-    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert!(
-        report.problems.is_empty(),
-        "{} of {} runs went wrong:\n{}",
-        report.problems.len(),
-        traces.len() * 2,
-        report.problems.join("\n")
-    );
-    assert_eq!(report.passed + report.known.len(), traces.len() * 2);
+    run_corpus(&traces, Target::Machine, None).assert_every_run_passed(traces.len());
 }
 
 /// One message from smith@bar.com to `rcpt`, with `checks` after it; and

@@ -10,17 +10,5 @@ fn corpus_against_the_bare_machine() {
         "the corpus shrank to {} traces",
         traces.len()
     );
-    let report = run_corpus(&traces, Target::Machine, None);
-    for k in &report.known {
-        eprintln!("{k}");
-    }
-    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert!(
-        report.problems.is_empty(),
-        "{} of {} runs went wrong:\n{}",
-        report.problems.len(),
-        traces.len() * 2,
-        report.problems.join("\n")
-    );
-    assert_eq!(report.passed + report.known.len(), traces.len() * 2);
+    run_corpus(&traces, Target::Machine, None).assert_every_run_passed(traces.len());
 }

@@ -8,8 +8,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The binary under test, without a queue program or inject flags from
+/// the environment the tests run in (a test sets its own).
 pub fn sqmail() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sqmail"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sqmail"));
+    cmd.env_remove("QMAILQUEUE").env_remove("QMAILINJECT");
+    cmd
 }
 
 /// A fresh qmail home made by `sqmail setup`, removed when dropped.
@@ -381,12 +385,15 @@ pub fn inject_with(program: &str, home: &Path, args: &[&str], message: &str) {
     run_with_input(cmd, message);
 }
 
-/// Runs `cmd` (without a queue program or inject flags from our own
-/// environment) with `message` on stdin; panics unless it exits 0.
+/// Runs `cmd` with `message` on stdin; panics unless it exits 0.
 pub fn run_with_input(mut cmd: Command, message: &str) {
+    let out = output_with_input(&mut cmd, message);
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// Runs `cmd` as [`run_with_input`] does and returns how it went.
+pub fn output_with_input(cmd: &mut Command, message: &str) -> std::process::Output {
     let mut child = cmd
-        .env_remove("QMAILQUEUE")
-        .env_remove("QMAILINJECT")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -398,8 +405,7 @@ pub fn run_with_input(mut cmd: Command, message: &str) {
         .unwrap()
         .write_all(message.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    child.wait_with_output().unwrap()
 }
 
 /// The messages delivered to `maildir` (its `new/` and `cur/`).
