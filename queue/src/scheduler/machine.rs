@@ -9,6 +9,28 @@ use super::{
 };
 
 const DOUBLE_BOUNCE_SENDER: &[u8] = b"#@[]";
+/// The end of a VERP sender, `owner-@host-@[]`.
+const VERP_MARK: &[u8] = b"-@[]";
+
+/// qmail-send's `senderadd`: a VERP sender `owner-@host-@[]` delivers to
+/// `box@rhost` with the return path `owner-box=rhost@host`; any other
+/// sender (or a recipient without `@`) is used as it is.
+pub(super) fn return_path(sender: &[u8], recipient: &[u8]) -> Vec<u8> {
+    let verp = sender.strip_suffix(VERP_MARK).and_then(|s| {
+        let at = s.iter().rposition(|&b| b == b'@')?;
+        let rat = recipient.iter().rposition(|&b| b == b'@')?;
+        Some((
+            &s[..at],
+            &s[at + 1..],
+            &recipient[..rat],
+            &recipient[rat + 1..],
+        ))
+    });
+    match verp {
+        Some((owner, host, rbox, rhost)) => [owner, rbox, b"=", rhost, b"@", host].concat(),
+        None => sender.to_vec(),
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RState {
@@ -552,7 +574,12 @@ impl Scheduler {
             );
             (to.into_bytes(), DOUBLE_BOUNCE_SENDER.to_vec())
         } else {
-            (m.sender.clone(), Vec::new())
+            // owner-@host-@[] (VERP) → owner-@host, as the composer does.
+            let to = m
+                .sender
+                .strip_suffix(VERP_MARK)
+                .map_or(&m.sender[..], |s| s);
+            (to.to_vec(), Vec::new())
         };
         let request = BounceRequest {
             id,
@@ -634,7 +661,7 @@ impl Scheduler {
                 self.in_flight[c] += 1;
                 self.deliveries.insert(delivery, (id, channel, index));
                 let recipient = r.addr.clone();
-                let sender = m.sender.clone();
+                let sender = return_path(&m.sender, &recipient);
                 self.log(log::starting(delivery, id, channel, &recipient));
                 self.actions.push_back(Action::StartDelivery {
                     delivery,

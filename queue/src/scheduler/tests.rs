@@ -252,6 +252,48 @@ fn failed_bounce_injection_is_retried() {
 }
 
 #[test]
+fn verp_sender_gets_a_return_path_per_recipient() {
+    let mut s = Scheduler::new(config());
+    let a = new_msg(&mut s, T0, 9, "list-@lists.example-@[]", &["joe", "x@y.z"]);
+    let senders: Vec<(Vec<u8>, Vec<u8>)> = confirm_all(&mut s, T0, &a)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::StartDelivery {
+                sender, recipient, ..
+            } => Some((recipient, sender)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        senders,
+        [
+            (
+                b"joe@here.example".to_vec(),
+                b"list-joe=here.example@lists.example".to_vec()
+            ),
+            (b"x@y.z".to_vec(), b"list-x=y.z@lists.example".to_vec()),
+        ]
+    );
+    let (_, out) = fail_all("list-@lists.example-@[]", config());
+    assert_eq!(bounce_of(&out).unwrap().recipient, b"list-@lists.example");
+}
+
+#[test]
+fn return_path_is_qmails_senderadd() {
+    let rp = |s: &str, r: &str| {
+        String::from_utf8(machine::return_path(s.as_bytes(), r.as_bytes())).unwrap()
+    };
+    assert_eq!(rp("o-@h-@[]", "b@r"), "o-b=r@h");
+    assert_eq!(rp("o-@h-@[]", "a@b@r"), "o-a@b=r@h");
+    // Not VERP: no '@' before the mark, no '@' in the recipient, or no mark.
+    assert_eq!(rp("o-@[]", "b@r"), "o-@[]");
+    assert_eq!(rp("o-@h-@[]", "box"), "o-@h-@[]");
+    assert_eq!(rp("a@b", "b@r"), "a@b");
+    assert_eq!(rp("", "b@r"), "");
+    assert_eq!(rp("#@[]", "b@r"), "#@[]");
+}
+
+#[test]
 fn double_and_triple_bounces() {
     let (_, out) = fail_all("", config());
     let b = bounce_of(&out).unwrap();
