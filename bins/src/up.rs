@@ -152,14 +152,17 @@ fn prepare(home: &Home) -> io::Result<bool> {
 
 /// qmail's `~alias` in the home: every local address without a mailbox
 /// lands here (one `+` line in users/assign), where `root` and
-/// `mailer-daemon` go to the postmaster and anything else bounces.
+/// `mailer-daemon` go to the postmaster (and smtpd accepts them) and
+/// anything else bounces.
 fn setup_alias(home: &Home) -> io::Result<()> {
     let alias = home.path().join("alias");
     fs::create_dir_all(&alias)?;
+    user::add_catch_all(home, &alias).map_err(io::Error::other)?;
     for name in ["root", "mailer-daemon"] {
         fs::write(alias.join(format!(".qmail-{name}")), "&postmaster\n")?;
+        user::add_alias(home, name).map_err(io::Error::other)?;
     }
-    user::add_catch_all(home, &alias).map_err(io::Error::other)
+    Ok(())
 }
 
 /// The mailbox the summary suggests writing to: the invoking user's, or

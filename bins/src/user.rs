@@ -220,13 +220,36 @@ fn add(home: &Home, address: &str, password: Option<&[u8]>) -> Res<PathBuf> {
     } else {
         vec![address.clone()]
     };
+    push_new(&mut recipients, wanted);
+    l.write_recipients(&recipients)?;
+    Ok(maildir)
+}
+
+/// Lets smtpd accept `local` at every local domain although it has no
+/// mailbox: for an alias that a `.qmail` file in the catch-all delivers
+/// (`sqmail up`'s `root` and `mailer-daemon`).
+pub fn add_alias(home: &Home, local: &str) -> Result<(), String> {
+    let alias = || -> Res<()> {
+        let l = Layout::new(home)?;
+        let _lock = l.lock()?;
+        let mut recipients = l.recipients_lines()?;
+        let locals = l.locals()?;
+        push_new(
+            &mut recipients,
+            locals.iter().map(|d| format!("{local}@{d}")),
+        );
+        l.write_recipients(&recipients)
+    };
+    alias().map_err(Failure::text)
+}
+
+/// Appends the addresses `recipients` does not list yet (in any case).
+fn push_new(recipients: &mut Vec<String>, wanted: impl IntoIterator<Item = String>) {
     for w in wanted {
         if !recipients.iter().any(|l| l.trim().eq_ignore_ascii_case(&w)) {
             recipients.push(w);
         }
     }
-    l.write_recipients(&recipients)?;
-    Ok(maildir)
 }
 
 /// qmail's catch-all: one `+:user:uid:gid:dir:-::` line in users/assign,

@@ -124,6 +124,8 @@ fn own_client(port: u16, to: &str) {
     let relay = c.reply().unwrap();
     assert!(relay.starts_with("553 "), "relays for no one: {relay}");
     assert_eq!(c.cmd(&format!("RCPT TO:<{to}>")).unwrap(), 250);
+    // An alias without a mailbox, delivered to the postmaster.
+    assert_eq!(c.cmd("RCPT TO:<root@localhost>").unwrap(), 250);
     assert_eq!(c.cmd("DATA").unwrap(), 354);
     c.send("Subject: own client\r\n\r\nhello\r\n.\r\n").unwrap();
     assert_eq!(code(&c.reply().unwrap()).unwrap(), 250);
@@ -245,7 +247,7 @@ fn up_serves_smtp_delivers_stops_and_reuses_its_home() {
     } else {
         eprintln!("note: python3 is not installed; smtplib not tried");
     }
-    let mut to_postmaster = vec!["to root"];
+    let mut to_postmaster = vec!["to root", "own client"];
     if have("swaks") {
         swaks(port, "postmaster@localhost");
         to_postmaster.push("swaks");
