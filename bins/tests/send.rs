@@ -192,6 +192,29 @@ fn sigalrm_retries_a_deferred_message_at_once() {
     sigterm_exits_0(&mut send);
 }
 
+/// qmail-local queues a forward as the user it runs as, so the forward's
+/// Received line names that uid (the mailbox owner's when send is root).
+#[test]
+fn a_forward_is_queued_as_the_delivering_user() {
+    let home = TestHome::new("send-fwd-uid");
+    let maildir = common::add_mailbox(&home.path, "joe@localhost");
+    let joe = give_joe_extensions(&home.path);
+    std::fs::write(joe.join(".qmail-fwd"), "&joe@localhost\n").unwrap();
+    let joe_uid = std::fs::metadata(&joe).map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let mut send = Proc::send(&home.path, &[]);
+    inject_with("inject", &home.path, &["joe-fwd"], "Subject: fwd\n\nx\n");
+    let mail = wait_for_mail(&send, &maildir, 1);
+    // The forward's Received line comes first, then inject's own.
+    let first = mail[0]
+        .lines()
+        .find(|l| l.starts_with("Received: "))
+        .unwrap();
+    let by = format!(" invoked by uid {});", joe_uid.unwrap());
+    assert!(first.contains(&by), "{}", mail[0]);
+    assert!(mail[0].contains("Delivered-To: joe-fwd@"), "{}", mail[0]);
+    sigterm_exits_0(&mut send);
+}
+
 #[test]
 fn sighup_rereads_locals() {
     let home = TestHome::new("send-hup");

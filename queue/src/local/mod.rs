@@ -68,6 +68,9 @@ pub struct Forward {
     pub dtline: Vec<u8>,
     /// The `did f+w+p` line, reported once the forward is queued.
     pub did: String,
+    /// The uid qmail-local ran as, which queues the forward (and which its
+    /// Received line names).
+    pub uid: u32,
 }
 
 /// The result of one delivery: qmail-lspawn's report.
@@ -257,6 +260,7 @@ fn encode(o: &Outcome) -> Vec<u8> {
         put(&mut out, &f.sender);
         put(&mut out, &f.dtline);
         put(&mut out, f.did.as_bytes());
+        put(&mut out, &f.uid.to_le_bytes());
         for r in &f.recipients {
             put(&mut out, r);
         }
@@ -278,6 +282,7 @@ fn decode(buf: &[u8]) -> Option<Outcome> {
         Some(sender) => {
             let dtline = take()?;
             let did = String::from_utf8_lossy(&take()?).into_owned();
+            let uid = u32::from_le_bytes(take()?.try_into().ok()?);
             let mut recipients = Vec::new();
             while let Some(r) = take() {
                 recipients.push(r);
@@ -287,6 +292,7 @@ fn decode(buf: &[u8]) -> Option<Outcome> {
                 recipients,
                 dtline,
                 did,
+                uid,
             })
         }
     };
@@ -297,10 +303,10 @@ fn decode(buf: &[u8]) -> Option<Outcome> {
     })
 }
 
-/// Queue `fwd` (the message with its Delivered-To line) in one call.
+/// Queue `fwd` (the message with its Delivered-To line) in one call, as
+/// its user.
 pub fn forward(
     target: &Target,
-    invoker: Invoker,
     fwd: &Forward,
     message: &Path,
 ) -> Result<Receipt, (Verdict, String)> {
@@ -312,7 +318,7 @@ pub fn forward(
         };
         (v, format!("Unable to forward message: {}.", e.text()))
     };
-    let mut sink = target.begin(invoker).map_err(qq)?;
+    let mut sink = target.begin(Invoker::User(fwd.uid)).map_err(qq)?;
     sink.write(&fwd.dtline).map_err(qq)?;
     let mut msg = std::fs::File::open(message).map_err(|e| {
         (
@@ -340,11 +346,11 @@ pub fn forward(
 
 /// Complete a delivery: queue its forwards (if any) and write the final
 /// report as qmail-local would (`did f+w+p` then `qp N`).
-pub fn finish(mut out: Outcome, target: &Target, invoker: Invoker, message: &Path) -> Outcome {
+pub fn finish(mut out: Outcome, target: &Target, message: &Path) -> Outcome {
     let Some(fwd) = out.forward.take() else {
         return out;
     };
-    match forward(target, invoker, &fwd, message) {
+    match forward(target, &fwd, message) {
         Ok(r) => {
             out.report.push_str(&fwd.did);
             out.report.push_str(&format!("qp {}\n", r.qp));

@@ -164,6 +164,8 @@ fn run_inner(user: &UserEntry, req: &Request<'_>, report: &mut String) -> Result
             recipients: forwards,
             dtline,
             did,
+            // SAFETY: getuid cannot fail.
+            uid: unsafe { libc::getuid() },
         })
     };
     Ok(Outcome {

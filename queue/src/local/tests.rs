@@ -216,10 +216,16 @@ fn forwards_are_returned_and_queued_once() {
     assert_eq!(f.recipients, vec![b"a@x".to_vec(), b"b@y".to_vec()]);
     assert_eq!(f.sender, b"joe-fw-owner-@example.com-@[]".to_vec());
     assert_eq!(f.dtline, b"Delivered-To: joe-fw@example.com\n".to_vec());
+    // SAFETY: getuid cannot fail.
+    assert_eq!(
+        f.uid,
+        unsafe { libc::getuid() },
+        "queued as qmail-local's user"
+    );
     let qhome = s.dir.path().join("q");
     crate::create_queue(&qhome, None).unwrap();
     let target = Target::Queue(crate::Queue::open(&qhome).unwrap());
-    let done = finish(o, &target, Invoker::User(1000), &s.message);
+    let done = finish(o, &target, &s.message);
     assert_eq!(done.verdict, Verdict::Success);
     assert!(done.report.starts_with("did 0+2+0\nqp "), "{done:?}");
     let queued: Vec<_> = fs::read_dir(qhome.join("queue/mess"))
@@ -428,6 +434,7 @@ fn outcome_survives_the_pipe() {
             recipients: vec![b"a".to_vec(), b"".to_vec()],
             dtline: b"D\n".to_vec(),
             did: "did 0+2+0\n".into(),
+            uid: 1000,
         }),
     };
     assert_eq!(decode(&encode(&o)), Some(o));

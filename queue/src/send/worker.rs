@@ -146,7 +146,7 @@ impl Worker {
             now,
         };
         let out = local::deliver(&request);
-        let out = local::finish(out, &self.target, Invoker::User(self.uid), &message);
+        let out = local::finish(out, &self.target, &message);
         let outcome = match out.verdict {
             Verdict::Success => Outcome::Success,
             Verdict::Deferral => Outcome::Deferral,
