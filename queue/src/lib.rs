@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod send;
 pub mod setup;
 pub mod sink;
+mod spare;
 pub mod spool;
 pub mod store;
 mod sys;

@@ -27,6 +27,7 @@ use sqmail_core::bounce;
 
 use crate::envelope::QueueEnvelope;
 use crate::scheduler::{Channel, Failure, MessageId, OnDisk};
+use crate::spare::{unlink, Spares};
 use crate::store::{open_split, MAX_SPLIT};
 use crate::sys;
 
@@ -107,6 +108,8 @@ struct Inner {
     remote: Vec<OwnedFd>,
     todo: OwnedFd,
     bounce: OwnedFd,
+    /// Removed files of ours, reused by preprocessing.
+    spares: Option<Arc<Spares>>,
 }
 
 /// The queue directories the spool touches.
@@ -184,6 +187,7 @@ impl Spool {
                 info: subdirs(Dir::Info)?,
                 local: subdirs(Dir::Local)?,
                 remote: subdirs(Dir::Remote)?,
+                spares: Spares::open(&root),
                 root,
                 split,
                 todo,
@@ -271,8 +275,7 @@ impl Spool {
     /// then `intd/N`. `mess/N` is left to [`Spool::cleanup`].
     pub fn discard_todo(&self, id: MessageId) -> io::Result<()> {
         unlink(&self.file(Dir::Todo, id))?;
-        unlink(&self.file(Dir::Intd, id))?;
-        Ok(())
+        self.discard(&self.file(Dir::Intd, id)).map(drop)
     }
 
     /// Preprocess: write `info/N` (`F<sender>\0`, mtime `birth`), then
@@ -300,7 +303,7 @@ impl Spool {
         let info = self.file(Dir::Info, id);
         let birth = system_time(birth).map_err(ctx(&info))?;
         let mut changed = Vec::new();
-        if write_file(&info, &[b"F", sender, b"\0"].concat(), Some(birth))? {
+        if self.write_file(&info, &[b"F", sender, b"\0"].concat(), Some(birth))? {
             changed.push(Dir::Info);
         }
         for channel in Channel::ALL {
@@ -310,9 +313,9 @@ impl Spool {
             // A stale file from an earlier attempt must not survive with
             // recipients this pass did not give it.
             let touched_dir = if list.is_empty() {
-                unlink(&path)?
+                self.discard(&path)?
             } else {
-                write_file(&path, &records(list), None)?
+                self.write_file(&path, &records(list), None)?
             };
             if touched_dir {
                 changed.push(dir);
@@ -323,7 +326,7 @@ impl Spool {
         }
 
         unlink(&self.file(Dir::Todo, id))?;
-        unlink(&self.file(Dir::Intd, id))?;
+        self.discard(&self.file(Dir::Intd, id))?;
         let todo = self.inner.root.join(Dir::Todo.name());
         sys::fsync(self.inner.todo.as_fd()).map_err(ctx(&todo))
     }
@@ -423,23 +426,19 @@ impl Spool {
         Ok(())
     }
 
-    /// Remove a finished message: `bounce/N`, `info/N`, `local/N`,
-    /// `remote/N`, then `mess/N`, truncated first so its space is freed even
-    /// if the unlink fails. Files already gone are fine.
+    /// Remove a finished message as qmail-send does: `bounce/N`, `local/N`,
+    /// `remote/N`, `info/N`, then `mess/N`. Files already gone are fine.
     pub fn remove(&self, id: MessageId) -> io::Result<()> {
-        // info/N goes last: until then `recover` finds the message, and with
-        // its recipient files gone (or all done) and no bounce pending, the
-        // scheduler removes it again. No fsync: removal is idempotent.
-        for dir in [Dir::Bounce, Dir::Local, Dir::Remote] {
-            unlink(&self.file(dir, id))?;
+        // mess/N goes last. Its inode is the message id, so until it is gone
+        // no new message can be N, and a removal retried after an error
+        // cannot touch another message's files. A crash just before leaves
+        // mess/N alone, which the cleanup pass removes after 36 hours. No
+        // fsync: removal is idempotent.
+        unlink(&self.file(Dir::Bounce, id))?;
+        for dir in [Dir::Local, Dir::Remote, Dir::Info, Dir::Mess] {
+            self.discard(&self.file(dir, id))?;
         }
-        let mess = self.file(Dir::Mess, id);
-        // Best effort: mess/ may belong to qmailq and not be writable here.
-        if let Ok(file) = OpenOptions::new().write(true).open(&mess) {
-            let _ = file.set_len(0);
-        }
-        unlink(&mess)?;
-        unlink(&self.file(Dir::Info, id)).map(drop)
+        Ok(())
     }
 
     /// Every preprocessed message, as the scheduler's `Input::Recovered`
@@ -581,6 +580,38 @@ impl Spool {
         match sweep.error {
             Some(e) => Err(e),
             None => Ok(sweep.removed),
+        }
+    }
+
+    /// Write `data` as the whole of `path` (reusing a spare file if there
+    /// is one), set its mtime, fsync it; says whether its directory gained
+    /// an entry.
+    fn write_file(&self, path: &Path, data: &[u8], mtime: Option<SystemTime>) -> io::Result<bool> {
+        let c = ctx(path);
+        let reused = self.inner.spares.as_ref().is_some_and(|s| s.take(path));
+        let (file, created) = open_file(path, false)?;
+        // Over the old contents, then cut to length: a spare keeps its
+        // block instead of freeing it and allocating another.
+        file.write_all_at(data, 0).map_err(&c)?;
+        file.set_len(data.len() as u64).map_err(&c)?;
+        if let Some(mtime) = mtime {
+            // After the write, which would move it; before the fsync, which
+            // must cover it (so sync_all, not sync_data).
+            file.set_times(FileTimes::new().set_modified(mtime))
+                .map_err(&c)?;
+            file.sync_all().map_err(&c)?;
+        } else {
+            file.sync_data().map_err(&c)?;
+        }
+        Ok(created || reused)
+    }
+
+    /// Remove a queue file, keeping it as a spare when there is room and
+    /// it is ours; says whether there was one.
+    fn discard(&self, path: &Path) -> io::Result<bool> {
+        match &self.inner.spares {
+            Some(spares) => spares.keep(path),
+            None => unlink(path),
         }
     }
 
@@ -796,9 +827,9 @@ fn ends_with_blank_line(file: &File, len: u64) -> io::Result<bool> {
     Ok(&tail == b"\n\n")
 }
 
-/// Create `path` (mode 0600) or open the existing file, truncating it
-/// unless appending; says whether it was created, i.e. whether its
-/// directory gained an entry.
+/// Create `path` (mode 0600) or open the existing file (not truncated:
+/// the caller writes over it); says whether it was created, i.e. whether
+/// its directory gained an entry.
 fn open_file(path: &Path, append: bool) -> io::Result<(File, bool)> {
     let mut opts = OpenOptions::new();
     opts.write(true).mode(FILE_MODE);
@@ -808,29 +839,11 @@ fn open_file(path: &Path, append: bool) -> io::Result<(File, bool)> {
     let result = match opts.clone().create_new(true).open(path) {
         Ok(file) => Ok((file, true)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            opts.truncate(!append).open(path).map(|file| (file, false))
+            opts.open(path).map(|file| (file, false))
         }
         Err(e) => Err(e),
     };
     result.map_err(ctx(path))
-}
-
-/// Write `data` as the whole of `path`, set its mtime, fsync it; says
-/// whether the file is new.
-fn write_file(path: &Path, data: &[u8], mtime: Option<SystemTime>) -> io::Result<bool> {
-    let c = ctx(path);
-    let (mut file, created) = open_file(path, false)?;
-    file.write_all(data).map_err(&c)?;
-    if let Some(mtime) = mtime {
-        // After the write, which would move it; before the fsync, which must
-        // cover it (so sync_all, not sync_data).
-        file.set_times(FileTimes::new().set_modified(mtime))
-            .map_err(&c)?;
-        file.sync_all().map_err(&c)?;
-    } else {
-        file.sync_data().map_err(&c)?;
-    }
-    Ok(created)
 }
 
 /// A file's contents and metadata; `None` if it does not exist.
@@ -845,15 +858,6 @@ fn read_optional(path: &Path) -> io::Result<Option<(Vec<u8>, Metadata)>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(&c)?;
     Ok(Some((bytes, meta)))
-}
-
-/// Remove `path`; says whether there was one to remove.
-fn unlink(path: &Path) -> io::Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(ctx(path)(e)),
-    }
 }
 
 /// The message ids named in `dir`, with their paths.

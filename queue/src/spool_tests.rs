@@ -508,9 +508,53 @@ fn remove_deletes_every_file() {
 }
 
 #[test]
+fn removed_files_are_reused_whole() {
+    let f = setup();
+    let long = "a-much-longer-sender-than-the-next-one@example.org";
+    let old = f.inject(long, &["l1@here", "l2@here", "l3@here"]);
+    let ino = |dir: &str, id| fs::metadata(f.file(dir, id)).unwrap().ino();
+    let mut inodes = vec![ino("intd", old)];
+    let rcpts = lists(&["l1@here", "l2@here", "l3@here"], &[]);
+    f.spool.preprocess(old, long.as_bytes(), 1, &rcpts).unwrap();
+    inodes.extend(["mess", "info", "local"].map(|d| ino(d, old)));
+    f.spool.remove(old).unwrap();
+    assert_eq!(fs::read_dir(f.at("spare")).unwrap().count(), 4);
+
+    // The queue writer takes spares for pid/ (so mess/) and intd/,
+    // preprocessing for info/ and local/: no new file, and no stale byte
+    // survives.
+    let mut m = f.queue.begin(Invoker::User(1000)).unwrap();
+    m.write(b"short\n").unwrap();
+    let new = m
+        .commit(&Envelope::new("s@x", vec![b"l@here".to_vec()]))
+        .unwrap();
+    assert_eq!(new, old, "the message id is the reused inode");
+    let mess = fs::read(f.spool.message_path(new)).unwrap();
+    assert!(mess.starts_with(b"Received: ") && mess.ends_with(b"\nshort\n"));
+    assert_eq!(mode_of(&f.spool.message_path(new)), 0o644);
+    assert_eq!(f.spool.read_todo(new).unwrap().sender, b"s@x");
+    f.spool
+        .preprocess(new, b"s@x", 2, &lists(&["l@here"], &[]))
+        .unwrap();
+    assert_eq!(fs::read(f.file("info", new)).unwrap(), b"Fs@x\0");
+    assert_eq!(mode_of(&f.file("info", new)), 0o600);
+    assert_eq!(fs::read(f.file("local", new)).unwrap(), b"Tl@here\0");
+    let reused = ["mess", "info", "local"].map(|d| ino(d, new));
+    assert!(
+        reused.iter().all(|i| inodes.contains(i)),
+        "{reused:?} {inodes:?}"
+    );
+    // All four were taken; the new intd/N is a spare again.
+    assert_eq!(fs::read_dir(f.at("spare")).unwrap().count(), 1);
+    let m = f.recover_one();
+    assert_eq!((m.id, m.sender.as_slice()), (new, &b"s@x"[..]));
+}
+
+#[test]
 fn a_removal_cut_short_is_found_finished() {
-    // Every step of `remove` but the last (info/N) done, as a crash may
-    // leave it: recover returns a message with nothing left to do.
+    // mess/N gone but info/N left, as a crash could leave an older
+    // sqmail's removal (which took mess/N first): recover returns a
+    // message with nothing left to do.
     let f = setup();
     let id = f.preprocessed(&["l@here"], &[]);
     f.spool.mark_done(id, Channel::Local, 0, None).unwrap();

@@ -12,9 +12,11 @@
 //! it the `todo/` directory is synced, so the caller may answer 250 knowing
 //! the message survives a power failure.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,7 @@ use sqmail_core::received;
 
 use crate::envelope::Envelope;
 use crate::qq::QqError;
+use crate::spare::Spares;
 use crate::sys;
 
 /// qmail's default `conf-split`.
@@ -112,6 +115,8 @@ struct Dirs {
     todo: OwnedFd,
     mess: Vec<OwnedFd>,
     lock: Option<OwnedFd>,
+    /// Files qmail-send removed, to be reused for `pid/` and `intd/`.
+    spares: Option<Arc<Spares>>,
 }
 
 impl Queue {
@@ -138,6 +143,7 @@ impl Queue {
         }
         Ok(Queue {
             dirs: Arc::new(Dirs {
+                spares: Spares::open(&root),
                 root,
                 split: mess.len() as u64,
                 pid,
@@ -168,7 +174,7 @@ impl Queue {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
 
-        let (pid_name, file) = create_pid_file(dirs.pid.as_fd(), pid, now)?;
+        let (pid_name, file, reused) = dirs.create_pid_file(pid, now)?;
         let discard_pid = || {
             let _ = sys::unlink_at(dirs.pid.as_fd(), &pid_name);
         };
@@ -197,6 +203,8 @@ impl Queue {
             id,
             name: mess_name,
             file,
+            reused,
+            len: 0,
             buf: Vec::with_capacity(BUFFER.min(16 * 1024)),
             uid: invoker.uid(),
             pid,
@@ -216,6 +224,40 @@ impl Queue {
 impl Dirs {
     fn mess_dir(&self, id: u64) -> BorrowedFd<'_> {
         self.mess[(id % self.split) as usize].as_fd()
+    }
+
+    /// `pid/<pid>.<time>.<seq>`, made by [`Dirs::create`]; like qmail,
+    /// give up with 63 after nine names that already exist.
+    fn create_pid_file(&self, pid: u32, now: u64) -> Result<(CString, File, bool), QqError> {
+        for _ in 0..9 {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let name =
+                sys::name(format!("{pid}.{now}.{seq}")).map_err(|_| QqError::new(QqError::BUG))?;
+            match self.create(self.pid.as_fd(), "pid", &name) {
+                Ok((file, reused)) => return Ok((name, file, reused)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(_) => break,
+            }
+        }
+        Err(QqError::new(QqError::PID))
+    }
+
+    /// `subdir/name` (`dir` open), new and exclusive, or a spare renamed
+    /// there; says whether it is a spare, whose old bytes the caller must
+    /// write over and cut off.
+    fn create(&self, dir: BorrowedFd<'_>, subdir: &str, name: &CStr) -> io::Result<(File, bool)> {
+        if let Some(spares) = &self.spares {
+            let path = self
+                .root
+                .join(subdir)
+                .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+            if spares.take(&path) {
+                if let Ok(file) = sys::reuse_at(dir, name, FILE_MODE) {
+                    return Ok((file, true));
+                }
+            }
+        }
+        sys::create_excl_at(dir, name, FILE_MODE).map(|file| (file, false))
     }
 
     /// Wake qmail-send: one byte into `lock/trigger` without blocking. No
@@ -248,26 +290,6 @@ pub(crate) fn open_split(dir: BorrowedFd<'_>, max: u64) -> Vec<OwnedFd> {
     dirs
 }
 
-/// `pid/<pid>.<time>.<seq>`, created exclusively; like qmail, give up with
-/// 63 after nine names that already exist.
-fn create_pid_file(
-    dir: BorrowedFd<'_>,
-    pid: u32,
-    now: u64,
-) -> Result<(std::ffi::CString, File), QqError> {
-    for _ in 0..9 {
-        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-        let name =
-            sys::name(format!("{pid}.{now}.{seq}")).map_err(|_| QqError::new(QqError::BUG))?;
-        match sys::create_excl_at(dir, &name, FILE_MODE) {
-            Ok(file) => return Ok((name, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(_) => break,
-        }
-    }
-    Err(QqError::new(QqError::PID))
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum State {
     /// mess/N exists; Drop removes it.
@@ -297,8 +319,12 @@ pub(crate) enum Step {
 pub struct Incoming {
     queue: Queue,
     id: u64,
-    name: std::ffi::CString,
+    name: CString,
     file: File,
+    /// `file` is a spare: cut it to `len` before it counts.
+    reused: bool,
+    /// Bytes written to `file` so far.
+    len: u64,
     buf: Vec<u8>,
     uid: u32,
     pid: u32,
@@ -329,6 +355,7 @@ impl Incoming {
             if bytes.len() >= BUFFER {
                 let result = write_all(&mut self.file, bytes);
                 self.failed = result.is_err();
+                self.len += bytes.len() as u64;
                 return result;
             }
         }
@@ -338,6 +365,7 @@ impl Incoming {
 
     fn flush(&mut self) -> Result<(), QqError> {
         let result = write_all(&mut self.file, &self.buf);
+        self.len += self.buf.len() as u64;
         self.buf.clear();
         if result.is_err() {
             self.failed = true;
@@ -374,16 +402,23 @@ impl Incoming {
         let dirs = &queue.dirs;
 
         self.flush()?;
+        if self.reused {
+            self.file.set_len(self.len).map_err(write_err)?;
+        }
         self.file.sync_data().map_err(write_err)?;
         if last == Step::MessSynced {
             return Ok(self.id);
         }
 
-        let mut intd = self.create_intd()?;
+        let (mut intd, reused) = self.create_intd()?;
         if last == Step::IntdCreated {
             return Ok(self.id);
         }
-        write_all(&mut intd, &envelope.to_intd_bytes(self.uid, self.pid))?;
+        let bytes = envelope.to_intd_bytes(self.uid, self.pid);
+        write_all(&mut intd, &bytes)?;
+        if reused {
+            intd.set_len(bytes.len() as u64).map_err(write_err)?;
+        }
         intd.sync_data().map_err(write_err)?;
         drop(intd);
         if last == Step::IntdSynced {
@@ -412,13 +447,14 @@ impl Incoming {
     /// `intd/N`, exclusively. A leftover `intd/N` can only be stale: N is
     /// the inode of our own `mess/N`, so no live injection owns it; remove
     /// it and try once more instead of failing like qmail 1.03.
-    fn create_intd(&mut self) -> Result<File, QqError> {
-        let dir = self.queue.dirs.intd.as_fd();
+    fn create_intd(&mut self) -> Result<(File, bool), QqError> {
+        let dirs = &self.queue.dirs;
+        let dir = dirs.intd.as_fd();
         for _ in 0..2 {
-            match sys::create_excl_at(dir, &self.name, FILE_MODE) {
-                Ok(file) => {
+            match dirs.create(dir, "intd", &self.name) {
+                Ok(made) => {
                     self.state = State::IntdMade;
-                    return Ok(file);
+                    return Ok(made);
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     let _ = sys::unlink_at(dir, &self.name);

@@ -71,6 +71,23 @@ pub(crate) fn create_excl_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io:
     Ok(file)
 }
 
+/// Open the existing `name` in `dir` write-only (not truncated) and give
+/// it exactly `mode`, as [`create_excl_at`] would have made it; on failure
+/// it is removed.
+pub(crate) fn reuse_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<File> {
+    let reused = open_at(dir, name, libc::O_WRONLY, 0).and_then(|file| {
+        // SAFETY: fchmod on a descriptor we own.
+        if unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(file)
+    });
+    if reused.is_err() {
+        let _ = unlink_at(dir, name);
+    }
+    reused
+}
+
 /// `openat` returning a `File`.
 pub(crate) fn open_at(
     dir: BorrowedFd<'_>,
