@@ -1,12 +1,13 @@
-//! `sqmail inject` (qmail-inject): reads a message on stdin, completes
-//! its header with `sqmail_core::inject`, and queues it through the queue
-//! or `$QMAILQUEUE`. Exit 0, 100 for bad input, 111 for trouble queueing.
+//! `sqmail inject` (qmail-inject): reads a message's header on stdin,
+//! completes it with `sqmail_core::inject`, and queues it through the queue
+//! or `$QMAILQUEUE`, the body streaming after it. Exit 0, 100 for bad
+//! input, 111 for trouble reading or queueing.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::process::ExitCode;
 
-use sqmail_core::inject::{inject, Recipients, Request, Settings};
+use sqmail_core::inject::{final_newline, in_header, inject, Recipients, Request, Settings};
 use sqmail_queue::{Envelope, Invoker, Target};
 
 use crate::cli::ProgramArgs;
@@ -15,6 +16,16 @@ use crate::home::Home;
 
 /// A failure: the text after `qmail-inject: fatal: ` and the exit code.
 pub struct Fatal(pub String, pub u8);
+
+/// The most header held in memory (qmail-inject has no limit); the body
+/// streams through.
+const MAX_HEADER: usize = 1 << 20;
+
+/// The size of the reads that stream the body.
+const CHUNK: usize = 64 * 1024;
+
+/// Where the message goes: stdout (`-n`) or the queue.
+type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), Fatal>;
 
 /// Environment lookups, so `sendmail` can add or hide variables.
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -88,7 +99,7 @@ pub fn run(home: &Home, args: &[String], env: Env<'_>) -> Result<(), Fatal> {
                     .collect();
                 settings.mft = (!lists.is_empty()).then_some(lists);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(Fatal(format!("read error: {file}: {e}"), 111)),
         }
     }
@@ -100,24 +111,85 @@ pub fn run(home: &Home, args: &[String], env: Env<'_>) -> Result<(), Fatal> {
         ..Request::default()
     };
     parse_args(args, &mut req)?;
-    let mut input = Vec::new();
-    std::io::stdin()
-        .lock()
-        .read_to_end(&mut input)
-        .map_err(|e| Fatal(format!("read error: {e}"), 111))?;
-    let done = inject(&input, &settings, &req).map_err(|e| Fatal(e.to_string(), 100))?;
-    let message = done.message(&input);
+    let mut stdin = BufReader::with_capacity(CHUNK, std::io::stdin().lock());
+    let (head, eof) = read_header(&mut stdin)?;
+    let done = inject(&head, &settings, &req).map_err(|e| Fatal(e.to_string(), 100))?;
+    // After its end, stdin is not read again: on a terminal that would wait.
+    let rest = (!eof).then_some(&mut stdin);
+    let message =
+        |sink: Sink<'_>| write_message(&done.header, &head[done.body_start..], rest, sink);
     if req.print {
         let mut out = std::io::stdout().lock();
-        return out
-            .write_all(&message)
-            .and_then(|()| out.flush())
-            .map_err(|e| Fatal(format!("write error: {e}"), 111));
+        let write_error = |e: std::io::Error| Fatal(format!("write error: {e}"), 111);
+        message(&mut |bytes| out.write_all(bytes).map_err(write_error))?;
+        return out.flush().map_err(write_error);
     }
-    queue(home, &message, done.sender, done.recipients)
+    queue(home, done.sender, done.recipients, message)
 }
 
-fn queue(home: &Home, message: &[u8], sender: String, rcpts: Vec<String>) -> Result<(), Fatal> {
+fn read_error(e: std::io::Error) -> Fatal {
+    Fatal(format!("read error: {e}"), 111)
+}
+
+/// Read the header and the line that ends it, which `inject` must see
+/// and which starts the body; true when stdin ended there. That line is
+/// read up to `MAX_HEADER` bytes: one with no colon by then is no field.
+fn read_header(stdin: &mut impl BufRead) -> Result<(Vec<u8>, bool), Fatal> {
+    let mut head = Vec::new();
+    loop {
+        let start = head.len();
+        let n = (&mut *stdin)
+            .take(MAX_HEADER as u64 + 1)
+            .read_until(b'\n', &mut head)
+            .map_err(read_error)?;
+        let line = &head[start..];
+        let eof = n <= MAX_HEADER && !line.ends_with(b"\n");
+        if eof || !in_header(line, start > 0) {
+            return Ok((head, eof));
+        }
+        if head.len() > MAX_HEADER {
+            return Err(Fatal(format!("header longer than {MAX_HEADER} bytes"), 100));
+        }
+    }
+}
+
+/// Write the completed header, the body's start (read along with the
+/// header), the `rest` of stdin as it comes, and the final LF qmail adds
+/// if the body lacks one.
+fn write_message(
+    header: &[u8],
+    body: &[u8],
+    rest: Option<&mut impl BufRead>,
+    sink: Sink<'_>,
+) -> Result<(), Fatal> {
+    sink(header)?;
+    sink(body)?;
+    let mut last = body.last().copied();
+    if let Some(rest) = rest {
+        loop {
+            let chunk = match rest.fill_buf() {
+                Ok([]) => break,
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(read_error(e)),
+            };
+            sink(chunk)?;
+            last = chunk.last().copied();
+            let n = chunk.len();
+            rest.consume(n);
+        }
+    }
+    sink(final_newline(last))
+}
+
+/// Queue what `message` writes: the queue is started only once the header
+/// is known good, and the envelope goes last, as qmail-inject does.
+fn queue(
+    home: &Home,
+    sender: String,
+    rcpts: Vec<String>,
+    message: impl FnOnce(Sink<'_>) -> Result<(), Fatal>,
+) -> Result<(), Fatal> {
     let qq = |e: sqmail_queue::QqError| {
         let code = if e.is_permanent() { 100 } else { 111 };
         Fatal(e.text().to_string(), code)
@@ -129,7 +201,7 @@ fn queue(home: &Home, message: &[u8], sender: String, rcpts: Vec<String>) -> Res
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
     let mut sink = target.begin(Invoker::User(uid)).map_err(qq)?;
-    sink.write(message).map_err(qq)?;
+    message(&mut |bytes| sink.write(bytes).map_err(qq))?;
     sink.commit(&envelope).map_err(qq)?;
     Ok(())
 }
@@ -157,5 +229,65 @@ mod tests {
         assert_eq!(r.args, ["-x"]);
         let mut req = Request::default();
         assert!(parse_args(&["-z".to_string()], &mut req).is_err());
+    }
+
+    fn read(input: &[u8]) -> Result<(Vec<u8>, bool), (String, u8)> {
+        read_header(&mut BufReader::with_capacity(4, input))
+            .map_err(|Fatal(text, code)| (text, code))
+    }
+
+    #[test]
+    fn reads_the_header_and_the_line_that_ends_it() {
+        let ok = |head: &[u8], eof| Ok((head.to_vec(), eof));
+        assert_eq!(read(b"To: a\n b\n\nbody\n"), ok(b"To: a\n b\n\n", false));
+        assert_eq!(
+            read(b"To: a\nno field\nTo: b\n"),
+            ok(b"To: a\nno field\n", false)
+        );
+        assert_eq!(read(b" x\nTo: b\n"), ok(b" x\n", false));
+        assert_eq!(read(b"To: a\n"), ok(b"To: a\n", true));
+        assert_eq!(read(b"To: a"), ok(b"To: a", true));
+        assert_eq!(read(b"body"), ok(b"body", true));
+        assert_eq!(read(b""), ok(b"", true));
+    }
+
+    #[test]
+    fn header_limit() {
+        let len = |input: &[u8]| read(input).map(|(head, eof)| (head.len(), eof));
+        let field = |len: usize| [&b"X: "[..], &vec![b'x'; len - 4], b"\n"].concat();
+        let too_long = Err(("header longer than 1048576 bytes".to_string(), 100));
+        let head = [&field(MAX_HEADER)[..], b"\nbody"].concat();
+        assert_eq!(len(&head), Ok((MAX_HEADER + 1, false)));
+        assert_eq!(len(&[&field(MAX_HEADER + 1)[..], b"\n"].concat()), too_long);
+        let folded = format!("X: y\n{}\n", " 123456789\n".repeat(MAX_HEADER / 11));
+        assert_eq!(len(folded.as_bytes()), too_long);
+        // The line that ends the header is read as far again: with no colon
+        // by then it is no field, and the body streams on from there.
+        assert_eq!(
+            len(&vec![b'a'; 2 * MAX_HEADER]),
+            Ok((MAX_HEADER + 1, false))
+        );
+    }
+
+    #[test]
+    fn body_streams_in_chunks_and_ends_in_lf() {
+        let cases = [
+            ("", "", ""),
+            ("\n", "", "\n"),
+            ("\n", "body", "\nbody\n"),
+            ("no field", " and more\n", "no field and more\n"),
+            ("x", "", "x\n"),
+        ];
+        for (body, rest, want) in cases {
+            let mut out = Vec::new();
+            let mut rest = BufReader::with_capacity(2, rest.as_bytes());
+            let mut sink = |bytes: &[u8]| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            };
+            let header = b"H: h\n";
+            assert!(write_message(header, body.as_bytes(), Some(&mut rest), &mut sink).is_ok());
+            assert_eq!(String::from_utf8_lossy(&out), format!("H: h\n{want}"));
+        }
     }
 }

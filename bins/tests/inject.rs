@@ -3,9 +3,11 @@
 
 mod common;
 
-use std::process::Output;
+use std::io::Write;
+use std::process::{Output, Stdio};
 
 use common::{sqmail, TestHome};
+use sqmail_core::inject::{inject, Request, Settings};
 
 fn run(home: &TestHome, program: &str, args: &[&str], env: &[(&str, &str)], input: &str) -> Output {
     let mut cmd = sqmail();
@@ -123,6 +125,104 @@ fn sendmail_t_reads_recipients_from_the_header() {
         "{text}"
     );
     assert!(!text.contains("audit"), "{text}");
+}
+
+/// `sqmail inject` with an empty environment, fed `input` from a thread:
+/// it writes while it still reads, so a large message would fill both
+/// pipes otherwise.
+fn run_streaming(home: &TestHome, args: &[&str], input: Vec<u8>) -> Output {
+    let mut child = sqmail()
+        .arg("inject")
+        .arg("--home")
+        .arg(&home.path)
+        .args(args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // Fails once inject stops reading early, as on a bad header.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    out
+}
+
+#[test]
+fn streaming_writes_what_the_whole_input_gives() {
+    let home = home("inject-stream");
+    let control = |name: &str| std::fs::read_to_string(home.path.join("control").join(name)).ok();
+    let settings = Settings::load(&control, &|_| None);
+    let req = Request {
+        args: vec!["bob".into()],
+        sender: Some("robot".into()),
+        print: true,
+        ..Request::default()
+    };
+    // A header with nothing left to add, so the output is known.
+    let header = "Date: d\nMessage-ID: <m@x.test>\nFrom: f@x.test\nTo: bob\n";
+    let lines: String = (0..20_000)
+        .map(|i| format!("X-Line-{i}: looks like a header\n"))
+        .collect();
+    let tails = [
+        String::new(),
+        "Cc: carol".into(),
+        "\n".into(),
+        "\nno final LF".into(),
+        "not a field\nTo: looks@like.header\n\nmore\n".into(),
+        "\nFrom me\nSubject: in the body\n".into(),
+        "Cc: carol\r\n\r\nCRLF body\r\n".into(),
+        format!("\n{lines}no final LF"),
+        format!("{}\nafter a long first body line\n", "a".repeat(200_000)),
+    ];
+    for tail in tails {
+        let input = format!("{header}{tail}");
+        let whole = inject(input.as_bytes(), &settings, &req).unwrap();
+        let want = whole.message(input.as_bytes());
+        let out = run_streaming(&home, &["-n", "-f", "robot", "bob"], input.into_bytes());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail = &tail[..tail.len().min(40)];
+        assert!(
+            out.stdout == want,
+            "for {tail:?}: {} bytes, want {}",
+            out.stdout.len(),
+            want.len()
+        );
+    }
+    // Queued, the same body streams through.
+    let body = format!("\n{lines}no final LF");
+    let out = run_streaming(&home, &["bob"], format!("{header}{body}").into_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let queued = home.queued();
+    assert_eq!(queued.len(), 1);
+    assert!(queued[0]
+        .1
+        .ends_with(&format!("To: bob@mx.example.org\n{body}\n")));
+}
+
+#[test]
+fn header_over_the_limit_exits_100_and_queues_nothing() {
+    let home = home("inject-limit");
+    let input = format!("Subject: {}\n\nbody\n", "x".repeat(1 << 20));
+    let out = run_streaming(&home, &["bob"], input.into_bytes());
+    assert_eq!(out.status.code(), Some(100));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "qmail-inject: fatal: header longer than 1048576 bytes\n"
+    );
+    assert!(home.queued().is_empty());
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! qmail-inject's header processing, as a pure function from a message's
-//! bytes and settings to the header to queue, the envelope, and where the
-//! body starts. The host reads stdin, the environment and the controls,
-//! and queues; see `bins/src/inject.rs`.
+//! start and settings to the header to queue, the envelope, and where the
+//! body starts. The body passes through untouched but for a final LF. The
+//! host reads stdin (the header by `in_header`, then streams the body), the
+//! environment and the controls, and queues; see `bins/src/inject.rs`.
 //!
 //! It follows qmail-inject(8): `Date:`, `Message-ID:` and `From:` are added
 //! only when missing, addresses in address fields are rewritten with
@@ -14,7 +15,7 @@ mod token;
 
 use std::fmt;
 
-pub use header::{split_header, Split};
+pub use header::{in_header, split_header, Split};
 use token::Tok;
 
 /// qmail folds rewritten address fields at this width.
@@ -139,13 +140,12 @@ pub struct Request {
     pub print: bool,
 }
 
-/// The message to queue: `header`, then the input from `body_start`, then
-/// a final LF if the input lacked one.
+/// The message to queue: `header`, then the input from `body_start` (the
+/// body), then its `final_newline`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Injected {
     pub header: Vec<u8>,
     pub body_start: usize,
-    pub add_newline: bool,
     pub sender: String,
     pub recipients: Vec<String>,
 }
@@ -153,12 +153,17 @@ pub struct Injected {
 impl Injected {
     /// The whole message, given the input it was made from.
     pub fn message(&self, input: &[u8]) -> Vec<u8> {
-        let mut out = self.header.clone();
-        out.extend_from_slice(&input[self.body_start.min(input.len())..]);
-        if self.add_newline {
-            out.push(b'\n');
-        }
-        out
+        let body = &input[self.body_start.min(input.len())..];
+        [&self.header[..], body, final_newline(body.last().copied())].concat()
+    }
+}
+
+/// What follows a body whose last byte is `last`: qmail ends the message
+/// in LF when the input did not.
+pub fn final_newline(last: Option<u8>) -> &'static [u8] {
+    match last {
+        Some(b) if b != b'\n' => b"\n",
+        _ => b"",
     }
 }
 
@@ -186,7 +191,8 @@ impl fmt::Display for InjectError {
 
 impl std::error::Error for InjectError {}
 
-/// Process `input` (a whole message, LF line ends) for `req`.
+/// Process `input` (LF line ends) for `req`: a whole message, or its start
+/// up to the line that ends the header (see `in_header`).
 pub fn inject(input: &[u8], s: &Settings, req: &Request) -> Result<Injected, InjectError> {
     let rw = Rewriter::new(s)?;
     let mut sender = match &req.sender {
@@ -242,7 +248,6 @@ pub fn inject(input: &[u8], s: &Settings, req: &Request) -> Result<Injected, Inj
     Ok(Injected {
         header: out,
         body_start: split.body_start,
-        add_newline: split.add_newline,
         sender,
         recipients,
     })

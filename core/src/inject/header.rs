@@ -17,8 +17,6 @@ pub struct Split {
     /// The header ended at a line that is not a field: qmail adds the
     /// blank line that should have been there.
     pub insert_blank: bool,
-    /// The input does not end in LF; qmail adds one.
-    pub add_newline: bool,
 }
 
 /// `name:` with a name of printable non-space ASCII (`hfield_valid`).
@@ -38,14 +36,26 @@ fn name_of(before_colon: &[u8]) -> &[u8] {
     &before_colon[..end]
 }
 
+/// A line starting with a space or tab continues the field before it.
+fn continues(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ' | b'\t'))
+}
+
+/// Does `line` (with its LF, if it has one) belong to the header, after
+/// `open` (whether a field came before it)? It does as a field's
+/// continuation, an mbox `From ` line, or a field; the header ends at the
+/// first line that does not (qmail's `headerbody`). A host reading a
+/// message line by line needs the header and that line, no more.
+pub fn in_header(line: &[u8], open: bool) -> bool {
+    (open && continues(line)) || line.starts_with(b"From ") || valid_field(line)
+}
+
 /// Split `input` as qmail's `headerbody` does: continuation lines join
 /// their field, a `From ` line becomes `MBOX-Line: From ...`, and the
 /// header ends at a blank line, at a line that is not a field, or at EOF.
 pub fn split_header(input: &[u8]) -> Split {
-    let add_newline = !input.is_empty() && !input.ends_with(b"\n");
     let mut fields: Vec<Vec<u8>> = Vec::new();
     let mut pos = 0;
-    let mut open = false;
     while pos < input.len() {
         let end = input[pos..]
             .iter()
@@ -55,37 +65,24 @@ pub fn split_header(input: &[u8]) -> Split {
         if !line.ends_with(b"\n") {
             line.push(b'\n');
         }
-        if open && (line[0] == b' ' || line[0] == b'\t') {
-            if let Some(f) = fields.last_mut() {
-                f.extend_from_slice(&line);
-            }
-            pos = end;
-            continue;
+        if !in_header(&line, !fields.is_empty()) {
+            return Split {
+                fields,
+                body_start: pos,
+                insert_blank: line != b"\n",
+            };
         }
-        let done = |insert_blank| Split {
-            fields: fields.clone(),
-            body_start: pos,
-            insert_blank,
-            add_newline,
-        };
-        if line == b"\n" {
-            return done(false);
+        match fields.last_mut() {
+            Some(field) if continues(&line) => field.extend_from_slice(&line),
+            _ if line.starts_with(b"From ") => fields.push([&b"MBOX-Line: "[..], &line].concat()),
+            _ => fields.push(line),
         }
-        if line.starts_with(b"From ") {
-            fields.push([&b"MBOX-Line: "[..], &line].concat());
-        } else if valid_field(&line) {
-            fields.push(line);
-        } else {
-            return done(true);
-        }
-        open = true;
         pos = end;
     }
     Split {
         fields,
         body_start: input.len(),
         insert_blank: false,
-        add_newline: false,
     }
 }
 
@@ -288,12 +285,13 @@ pub(super) fn addr_list(toks: &[Tok], each: &mut dyn FnMut(&mut Vec<Tok>)) -> Op
     let mut out = Vec::new();
     let mut seg: Vec<Tok> = Vec::new();
     let mut in_group = false;
+    // Within `<...>`, where `,`, `:` and `;` belong to a source route.
+    let mut in_angle = false;
     for t in toks {
-        let in_angle =
-            seg.iter().rposition(|t| *t == Tok::Left) > seg.iter().rposition(|t| *t == Tok::Right);
         match t {
             Tok::Comma if !in_angle => {
-                segment(std::mem::take(&mut seg), &mut out, each)?;
+                segment(&seg, &mut out, each)?;
+                seg.clear();
                 out.push(Tok::Comma);
             }
             Tok::Colon if !in_angle => {
@@ -308,46 +306,57 @@ pub(super) fn addr_list(toks: &[Tok], each: &mut dyn FnMut(&mut Vec<Tok>)) -> Op
                 if !in_group {
                     return None;
                 }
-                segment(std::mem::take(&mut seg), &mut out, each)?;
+                segment(&seg, &mut out, each)?;
+                seg.clear();
                 out.push(Tok::Semi);
                 in_group = false;
             }
-            t => seg.push(t.clone()),
+            t => {
+                in_angle = match t {
+                    Tok::Left => true,
+                    Tok::Right => false,
+                    _ => in_angle,
+                };
+                seg.push(t.clone());
+            }
         }
     }
-    segment(seg, &mut out, each)?;
+    segment(&seg, &mut out, each)?;
     (!in_group).then_some(out)
 }
 
-/// One comma-separated element: `phrase <addr>` or bare addresses.
-fn segment(seg: Vec<Tok>, out: &mut Vec<Tok>, each: &mut dyn FnMut(&mut Vec<Tok>)) -> Option<()> {
-    let left = seg.iter().position(|t| *t == Tok::Left);
-    let right = seg.iter().position(|t| *t == Tok::Right);
-    match (left, right) {
-        (None, None) => bare(seg, out, each),
-        (Some(l), Some(r)) if l < r => {
-            out.extend_from_slice(&seg[..l]);
-            out.push(Tok::Left);
-            let mut addr = seg[l + 1..r].to_vec();
-            each(&mut addr);
-            out.extend(addr);
-            out.push(Tok::Right);
-            let rest = seg[r + 1..].to_vec();
-            if rest.iter().all(|t| matches!(t, Tok::Comment(_))) {
-                out.extend(rest);
-            } else {
+/// One comma-separated element: `phrase <addr>` or bare addresses. Each
+/// step consumes what it scanned, so a header-long `<a> <b> ...` is
+/// linear.
+fn segment(seg: &[Tok], out: &mut Vec<Tok>, each: &mut dyn FnMut(&mut Vec<Tok>)) -> Option<()> {
+    let mut rest = seg;
+    loop {
+        let left = rest.iter().position(|t| *t == Tok::Left);
+        let right = rest.iter().position(|t| *t == Tok::Right);
+        match (left, right) {
+            (None, None) => return bare(rest, out, each),
+            (Some(l), Some(r)) if l < r => {
+                out.extend_from_slice(&rest[..l]);
+                out.push(Tok::Left);
+                let mut addr = rest[l + 1..r].to_vec();
+                each(&mut addr);
+                out.extend(addr);
+                out.push(Tok::Right);
+                rest = &rest[r + 1..];
+                if rest.iter().all(|t| matches!(t, Tok::Comment(_))) {
+                    out.extend_from_slice(rest);
+                    return Some(());
+                }
                 out.push(Tok::Comma);
-                segment(rest, out, each)?;
             }
-            Some(())
+            _ => return None,
         }
-        _ => None,
     }
 }
 
 /// Bare addresses: a word right after a word starts a new one; comments
 /// move after their address.
-fn bare(seg: Vec<Tok>, out: &mut Vec<Tok>, each: &mut dyn FnMut(&mut Vec<Tok>)) -> Option<()> {
+fn bare(seg: &[Tok], out: &mut Vec<Tok>, each: &mut dyn FnMut(&mut Vec<Tok>)) -> Option<()> {
     let mut addr = Vec::new();
     let mut comments = Vec::new();
     let mut last_word = false;
@@ -361,7 +370,7 @@ fn bare(seg: Vec<Tok>, out: &mut Vec<Tok>, each: &mut dyn FnMut(&mut Vec<Tok>)) 
         }
         out.append(comments);
     };
-    for t in seg {
+    for t in seg.iter().cloned() {
         match t {
             Tok::Comment(_) => comments.push(t),
             Tok::Atom(_) | Tok::Quote(_) | Tok::Literal(_) => {

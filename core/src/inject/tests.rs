@@ -1,3 +1,5 @@
+use proptest::prelude::*;
+
 use super::*;
 
 fn settings() -> Settings {
@@ -268,9 +270,9 @@ fn settings_precedence() {
     );
 }
 
-proptest::proptest! {
+proptest! {
     #[test]
-    fn never_panics(input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+    fn never_panics(input in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = inject(&input, &settings(), &req(&["a"]));
         let _ = token::parse(&input).map(|t| token::unparse(&t, 80));
     }
@@ -278,6 +280,99 @@ proptest::proptest! {
     #[test]
     fn header_ish_never_panics(input in "[A-Za-z:;,<>@.()\\[\\]\"\\\\ \n-]{0,200}") {
         let _ = inject(input.as_bytes(), &settings(), &req(&[]));
+    }
+}
+
+#[test]
+fn backslash_before_a_line_break_quotes_nothing() {
+    // qmail takes the LF into the address and prints `"\<LF>"`, ending
+    // the header early; here the backslash is dropped and the LF folds.
+    let cases: [(&str, &str, &[&str]); 4] = [
+        ("To:\\\n", "To:\n", &[]),
+        (
+            "To: a\\\n b@c\n",
+            "To: a@mail.example.org, b@c.example.org\n",
+            &["a@mail.example.org", "b@c.example.org"],
+        ),
+        ("To: a@b.c\\\n", "To: a@b.c\n", &["a@b.c"]),
+        // At the end of the input, with no LF at all.
+        ("To: a@b.c\\", "To: a@b.c\n", &["a@b.c"]),
+    ];
+    let mut r = req(&[]);
+    r.print = true;
+    for (input, want, rcpts) in cases {
+        let input = format!("Date: d\nMessage-ID: m\nFrom: f@x.y\n{input}");
+        let (text, i) = run(&input, &settings(), &r);
+        let want = format!(
+            "Return-Path: <joe@mail.example.org>\nDate: d\nMessage-ID: m\nFrom: f@x.y\n{want}"
+        );
+        assert_eq!(text, want, "for {input:?}");
+        assert_eq!(i.recipients, rcpts, "for {input:?}");
+    }
+    assert_eq!(token::parse(b"\\"), Some(vec![]));
+    assert_eq!(
+        token::parse(b"a\\\n\tb\\"),
+        Some(vec![Tok::Atom(b"a".to_vec()), Tok::Atom(b"b".to_vec())])
+    );
+    // Inside quotes the LF stays, and prints back as the fold it was.
+    let (text, i) = run("To: \"a\\\n b\"@c.d\n", &settings(), &r);
+    assert!(text.ends_with("\nTo: \"a\\\n b\"@c.d\n"), "{text:?}");
+    assert_eq!(i.recipients, ["a\n b@c.d"]);
+}
+
+/// Header bytes: any, or made of field names, address syntax, backslashes
+/// and line breaks.
+fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..300),
+        r#"((To|Cc|Bcc|From|Sender|Return-Path|Subject|From |x) ?:?([a-z;,<>@.()\[\]" \t\\]|\\?\n[ \t]?){0,20}\n){0,6}"#
+            .prop_map(String::into_bytes),
+    ]
+}
+
+/// The input up to the line that ends its header, included: what a host
+/// reading line by line with `in_header` has when it stops.
+fn header_and_next_line(input: &[u8]) -> &[u8] {
+    let mut end = 0;
+    for line in input.split_inclusive(|&b| b == b'\n') {
+        let open = end > 0;
+        end += line.len();
+        if !in_header(line, open) {
+            break;
+        }
+    }
+    &input[..end]
+}
+
+proptest! {
+    /// The header written reads back as just its fields and ends where the
+    /// body starts: nothing in it ends the header early or moves text into
+    /// the body (the fuzz target's invariant).
+    #[test]
+    fn header_reads_back_whole(input in header_bytes(), print in any::<bool>()) {
+        let mut r = req(&["a"]);
+        r.print = print;
+        let Ok(i) = inject(&input, &settings(), &r) else {
+            return Ok(());
+        };
+        let header = if split_header(&input).insert_blank {
+            &i.header[..i.header.len() - 1]
+        } else {
+            &i.header[..]
+        };
+        let again = split_header(&i.message(&input));
+        prop_assert_eq!(lossy(&again.fields.concat()), lossy(header));
+        prop_assert_eq!(again.body_start, header.len());
+    }
+
+    /// A host may stop reading at the line that ends the header and stream
+    /// the rest.
+    #[test]
+    fn header_and_next_line_are_enough(input in header_bytes(), body in ".{0,20}") {
+        let input = [&input[..], body.as_bytes()].concat();
+        let head = header_and_next_line(&input);
+        let r = req(&["a"]);
+        prop_assert_eq!(inject(head, &settings(), &r), inject(&input, &settings(), &r));
     }
 }
 

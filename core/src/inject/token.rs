@@ -80,35 +80,56 @@ pub fn parse(s: &[u8]) -> Option<Vec<Tok>> {
             b'"' => Tok::Quote(delimited(s, &mut i, b'"', false)?),
             b'[' => Tok::Literal(delimited(s, &mut i, b']', false)?),
             _ => {
-                let mut text = Vec::new();
-                while i < s.len() && (text.is_empty() || atom_ok(s[i])) {
-                    if s[i] == b'\\' {
-                        i += 1;
-                        match s.get(i) {
-                            Some(&b) => text.push(b),
-                            None => break,
-                        }
-                    } else {
-                        text.push(s[i]);
-                    }
-                    i += 1;
+                let (text, end) = atom(s, i);
+                i = end;
+                if text.is_empty() {
+                    continue; // a lone backslash
                 }
-                i -= 1;
                 // An atom holding what an atom may not print is a quote.
                 let bad = text
                     .iter()
                     .any(|&b| !(32..=126).contains(&b) || b")]\\".contains(&b));
-                if bad {
+                out.push(if bad {
                     Tok::Quote(text)
                 } else {
                     Tok::Atom(text)
-                }
+                });
+                continue;
             }
         };
         out.push(t);
         i += 1;
     }
     Some(out)
+}
+
+/// The text of the atom at `s[i]`, unescaped, and where it ends. A backslash
+/// quotes the next byte, but not an LF: qmail's token822 takes an escaped
+/// LF into the atom and prints it back as a quoted string ending in a bare
+/// LF, which ends the header there. In a header field an LF is folding or
+/// the field's end, so such a backslash, like one at the very end, quotes
+/// nothing and is dropped. (In a quoted string, comment or literal an LF
+/// is kept as text either way; there the fold's whitespace follows it, so
+/// it prints back as a fold.)
+fn atom(s: &[u8], mut i: usize) -> (Vec<u8>, usize) {
+    let mut text = Vec::new();
+    while i < s.len() && atom_ok(s[i]) {
+        match (s[i], s.get(i + 1)) {
+            (b'\\', Some(&b)) if b != b'\n' => {
+                text.push(b);
+                i += 2;
+            }
+            (b'\\', _) => {
+                i += 1;
+                break;
+            }
+            (b, _) => {
+                text.push(b);
+                i += 1;
+            }
+        }
+    }
+    (text, i)
 }
 
 /// The address as a plain string: comments dropped, quoting removed
