@@ -16,4 +16,6 @@ pub mod received;
 pub mod recipients;
 pub mod service;
 pub mod smtp;
+pub mod smtproutes;
 pub mod tcprules;
+pub mod tcpto;
