@@ -74,6 +74,7 @@ pub fn daemon(home: &Home, default_delivery: Vec<u8>) -> Result<Daemon, String> 
         home: home.path().to_owned(),
         default_delivery,
         controls,
+        remote: None,
     })
 }
 

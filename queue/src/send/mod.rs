@@ -3,14 +3,16 @@
 //!
 //! One thread owns the scheduler and the log; everything that touches the
 //! disk or runs a delivery goes to a [`Worker`] on a pool thread, and comes
-//! back as the scheduler's input. Three pools: local deliveries
-//! (`concurrencylocal` threads), done marks, and the other queue writes
-//! (short fsyncs the scheduler waits on).
-//! Remote delivery is not built yet: the remote channel is held, so remote
-//! recipients stay queued, and the log says so.
+//! back as the scheduler's input. Four pools: local deliveries
+//! (`concurrencylocal` threads), remote deliveries (`concurrencyremote`,
+//! through the [`Transport`] the caller gives; without one the remote
+//! channel is held, remote recipients stay queued, and the log says so),
+//! done marks, and the other queue writes (short fsyncs the scheduler waits
+//! on).
 
 mod controls;
 mod pool;
+pub mod remote;
 mod trigger;
 mod worker;
 
@@ -19,14 +21,17 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use controls::{load, load_rewriter, Reader, SendControls, MAX_CONCURRENCY};
+pub use remote::{RemoteJob, RemoteResult, Transport};
 pub use worker::{Answer, Worker};
 
 use crate::scheduler::{Action, Channel, Input, MessageId, Misuse, Rewriter, Scheduler, Ticket};
 use crate::spool::Spool;
 use pool::Pool;
+use remote::Batcher;
 use trigger::Trigger;
 
 /// qmail-send's SLEEP_TODO: scan `todo/` this often even without a trigger.
@@ -39,7 +44,7 @@ const DISK_THREADS: usize = 4;
 const MARK_THREADS: usize = 2;
 
 /// Why the remote channel is held (in the log line that says so).
-pub const REMOTE_HELD: &str = "remote delivery is not built yet; remote recipients stay queued";
+pub const REMOTE_HELD: &str = "no remote transport; remote recipients stay queued";
 
 /// What the daemon is told from outside (signals, the trigger).
 #[derive(Debug)]
@@ -57,6 +62,8 @@ pub enum Control {
 enum Event {
     Control(Control),
     Answer(Option<Answer>),
+    /// A remote job's results, one per recipient.
+    Answers(Vec<Input>),
     /// Asks nothing: a sender learns whether the daemon still listens.
     Ping,
 }
@@ -83,11 +90,14 @@ pub struct Options {
     /// qmail-start's argument: the delivery for a user without `.qmail`.
     pub default_delivery: Vec<u8>,
     pub controls: SendControls,
+    /// qmail-remote; `None` holds the remote channel.
+    pub remote: Option<Arc<dyn Transport>>,
 }
 
 pub struct Daemon {
     scheduler: Scheduler,
     worker: Worker,
+    remote: Option<Arc<dyn Transport>>,
     events: Sender<Event>,
     inbox: Receiver<Event>,
     /// `lock/sendmutex`, held while we run.
@@ -124,11 +134,14 @@ impl Daemon {
         )
         .map_err(|e| format!("unable to open the queue: {}", e.text()))?;
         let mut scheduler = Scheduler::new(options.controls.scheduler);
-        scheduler.set_channel_enabled(Channel::Remote, false, REMOTE_HELD);
+        if options.remote.is_none() {
+            scheduler.set_channel_enabled(Channel::Remote, false, REMOTE_HELD);
+        }
         let (events, inbox) = mpsc::channel();
         Ok(Daemon {
             scheduler,
             worker,
+            remote: options.remote,
             events,
             inbox,
             _lock: lock,
@@ -172,6 +185,23 @@ impl Daemon {
             self.events.clone(),
             answer(&self.worker),
         )?;
+        let remote = match &self.remote {
+            Some(transport) => {
+                let transport = Arc::clone(transport);
+                let spool = self.worker.spool().clone();
+                let threads = self.scheduler.config().concurrency[Channel::Remote as usize];
+                Some(Pool::new(
+                    "sqmail-remote",
+                    threads,
+                    self.events.clone(),
+                    move |job: RemoteJob| {
+                        Event::Answers(remote::perform(&*transport, &spool, &job))
+                    },
+                )?)
+            }
+            None => None,
+        };
+        let mut batcher = Batcher::default();
         let handle = self.handle();
         let _trigger = Trigger::start(self.worker.spool().path(), move || {
             handle.send(Control::Trigger)
@@ -188,6 +218,13 @@ impl Daemon {
             while let Some(action) = self.scheduler.poll_action() {
                 match action {
                     Action::Log(line) => writeln!(log, "{line}")?,
+                    Action::StartDelivery {
+                        delivery,
+                        id,
+                        channel: Channel::Remote,
+                        sender,
+                        recipient,
+                    } if remote.is_some() => batcher.add(delivery, id, sender, recipient),
                     Action::StartDelivery { .. } | Action::InjectBounce(_) => {
                         self.outstanding += 1;
                         deliveries.submit(action);
@@ -203,6 +240,12 @@ impl Daemon {
                         self.outstanding += 1;
                         disk.submit(action);
                     }
+                }
+            }
+            if let Some(pool) = &remote {
+                for job in batcher.take() {
+                    self.outstanding += 1;
+                    pool.submit(job);
                 }
             }
             log.flush()?;
@@ -235,6 +278,12 @@ impl Daemon {
                     self.take(now, answer, log)?;
                 }
                 Ok(Event::Answer(None)) => self.outstanding -= 1,
+                Ok(Event::Answers(inputs)) => {
+                    self.outstanding -= 1;
+                    for input in inputs {
+                        self.take(now, Answer::ok(input), log)?;
+                    }
+                }
                 Ok(Event::Ping) => {}
                 Ok(Event::Control(Control::Trigger)) => {
                     // Many triggers may be waiting; one scan covers them.
@@ -269,6 +318,7 @@ impl Daemon {
             }
         }
         drop(deliveries);
+        drop(remote);
         drop(marks);
         drop(disk);
         self.save_retry_times(log)?;

@@ -135,10 +135,18 @@ struct Running {
 }
 
 fn start(home: &Path) -> Running {
+    start_with(home, None)
+}
+
+fn start_with(home: &Path, remote: Option<Arc<dyn Transport>>) -> Running {
+    let mut controls = controls();
+    // Room for a whole message's remote recipients at once.
+    controls.scheduler.concurrency[1] = 20;
     let daemon = Daemon::new(Options {
         home: home.to_owned(),
         default_delivery: b"./Maildir/\n".to_vec(),
-        controls: controls(),
+        controls,
+        remote,
     })
     .unwrap();
     let handle = daemon.handle();
@@ -297,7 +305,94 @@ fn a_second_daemon_on_one_queue_is_refused() {
         home: s.home.clone(),
         default_delivery: b"./Maildir/\n".to_vec(),
         controls: controls(),
+        remote: None,
     });
     assert!(second.is_err());
     run.stop();
+}
+
+/// A transport that records its jobs and answers by the recipient's
+/// local part: `ok…` delivered, `later…` deferred, anything else refused.
+/// (Deferrals and their retries are the scheduler's, tested there.)
+#[derive(Default)]
+struct FakeRemote(Mutex<Vec<(RemoteJob, String)>>);
+
+impl Transport for FakeRemote {
+    fn deliver(&self, job: &RemoteJob, mut message: File) -> Vec<RemoteResult> {
+        let mut text = String::new();
+        io::Read::read_to_string(&mut message, &mut text).unwrap();
+        self.0.lock().unwrap().push((job.clone(), text));
+        job.recipients
+            .iter()
+            .map(|(_, r)| {
+                let (outcome, report) = if r.starts_with(b"ok") {
+                    (crate::scheduler::Outcome::Success, "accepted")
+                } else if r.starts_with(b"later") {
+                    (crate::scheduler::Outcome::Deferral, "try later")
+                } else {
+                    (crate::scheduler::Outcome::Failure, "no such user")
+                };
+                RemoteResult {
+                    outcome,
+                    report: report.into(),
+                }
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn remote_recipients_of_one_domain_travel_in_one_job() {
+    let s = site();
+    let remote = Arc::new(FakeRemote::default());
+    let run = start_with(&s.home, Some(remote.clone()));
+    let id = inject(
+        &s.home,
+        "joe@here.example",
+        &[
+            "ok1@far.example",
+            "ok2@elsewhere.example",
+            "bad@FAR.example",
+            "ok3@far.example",
+        ],
+        "Subject: out\n\nbody\n",
+    );
+    wait_for("the bounce", &run.log, || {
+        run.log.text().contains("bounce msg")
+    });
+    let log = run.stop();
+    let jobs = remote.0.lock().unwrap();
+    let mut shape: Vec<(Vec<u8>, usize)> = jobs
+        .iter()
+        .filter(|(j, _)| j.id == id)
+        .map(|(j, _)| (j.domain.clone(), j.recipients.len()))
+        .collect();
+    shape.sort();
+    // The bounce goes to joe, locally.
+    assert_eq!(
+        shape,
+        [
+            (b"elsewhere.example".to_vec(), 1),
+            (b"far.example".to_vec(), 3)
+        ],
+        "{log}"
+    );
+    assert!(jobs.iter().all(|(j, text)| j.sender == b"joe@here.example"
+        && text.starts_with("Received: (qmail ")
+        && text.ends_with("\nSubject: out\n\nbody\n")));
+    for line in [
+        "to remote ok1@far.example",
+        "to remote bad@FAR.example",
+        "success: accepted",
+        "failure: no_such_user",
+    ] {
+        assert!(log.contains(line), "no {line:?} in\n{log}");
+    }
+    assert!(!log.contains("remote deliveries held"), "{log}");
+    assert_eq!(log.matches("starting delivery").count(), 5, "{log}");
+    let bounce = maildir(&s.joe).join("");
+    assert!(
+        bounce.contains("<bad@FAR.example>:\nno such user"),
+        "{bounce}"
+    );
 }

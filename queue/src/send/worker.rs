@@ -43,7 +43,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    fn ok(input: Input) -> Self {
+    pub(crate) fn ok(input: Input) -> Self {
         Answer {
             input,
             warning: None,
