@@ -357,8 +357,9 @@ fn remote_recipients_of_one_domain_travel_in_one_job() {
         ],
         "Subject: out\n\nbody\n",
     );
-    wait_for("the bounce", &run.log, || {
-        run.log.text().contains("bounce msg")
+    // Done when the bounce, too, has been delivered (to joe, locally).
+    wait_for("the bounce delivered", &run.log, || {
+        run.log.text().matches("end msg").count() == 2
     });
     let log = run.stop();
     let jobs = remote.0.lock().unwrap();
@@ -368,7 +369,6 @@ fn remote_recipients_of_one_domain_travel_in_one_job() {
         .map(|(j, _)| (j.domain.clone(), j.recipients.len()))
         .collect();
     shape.sort();
-    // The bounce goes to joe, locally.
     assert_eq!(
         shape,
         [
