@@ -29,6 +29,7 @@ mod spare;
 pub mod spool;
 pub mod store;
 mod sys;
+pub mod tcpto;
 
 pub use cdbmap::CdbMap;
 pub use envelope::Envelope;

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::{self, File, FileTimes, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -219,7 +219,7 @@ impl Spool {
             .write(true)
             .open(&path)
             .map_err(ctx(&path))?;
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+        match sys::flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
             Ok(()) => Ok(file),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
@@ -389,7 +389,7 @@ impl Spool {
         // Appends to one bounce/N (failures of one message finishing on
         // different threads) take turns, so none sees half of another's
         // paragraph and mistakes it for a crash's leftover below.
-        flock(&file, libc::LOCK_EX).map_err(&c)?;
+        sys::flock(&file, libc::LOCK_EX).map_err(&c)?;
         let mut len = file.metadata().map_err(&c)?.len();
         if len > 0 && !ends_with_blank_line(&file, len).map_err(&c)? {
             // An append cut short by a crash: its recipient was never marked
@@ -896,20 +896,6 @@ fn system_time(secs: u64) -> io::Result<SystemTime> {
                 format!("time {secs} out of range"),
             )
         })
-}
-
-/// `flock(2)`, retried when a signal interrupts a blocking wait.
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: flock on a descriptor `file` owns.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
 }
 
 /// Prefix an error with the path it is about, keeping its kind.

@@ -152,3 +152,9 @@ pub(crate) fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
         ((), r != 0)
     })
 }
+
+/// `flock(2)`, retried when a signal interrupts a blocking wait.
+pub(crate) fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    // SAFETY: flock on a descriptor `file` owns.
+    retry(|| ((), unsafe { libc::flock(file.as_raw_fd(), op) } != 0))
+}
