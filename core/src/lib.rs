@@ -9,6 +9,7 @@ pub mod assign;
 pub mod bounce;
 pub mod conn;
 pub mod control;
+pub mod dns;
 pub mod dotqmail;
 pub mod inject;
 pub mod policy;
