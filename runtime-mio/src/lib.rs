@@ -9,6 +9,7 @@
 //! a runtime with a cargo feature.
 
 mod daemon;
+pub mod dns;
 mod pool;
 mod stdio;
 mod timers;

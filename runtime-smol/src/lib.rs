@@ -8,6 +8,7 @@
 //! a runtime with a cargo feature.
 
 mod daemon;
+pub mod dns;
 mod drive;
 mod stdio;
 

@@ -1,0 +1,16 @@
+//! The smol DNS driver against unbound on loopback.
+
+#[path = "../../runtime-mio/tests/support/unbound.rs"]
+mod unbound;
+
+use sqmail_smol::dns::resolve;
+
+#[test]
+fn against_unbound() {
+    unbound::cases(resolve);
+}
+
+#[test]
+fn silent_server_is_temporary() {
+    unbound::silent_server(resolve);
+}
