@@ -20,8 +20,8 @@ use super::{Answer, Destination, Error, Query, ResolverConfig, Shared, Transmit}
 
 /// MX hosts used (the most preferred), and addresses kept per host: they
 /// bound a lookup's state whatever the answers hold.
-pub(super) const MAX_HOSTS: usize = 16;
-pub(super) const MAX_ADDRS: usize = 64;
+pub const MAX_HOSTS: usize = 16;
+pub const MAX_ADDRS: usize = 64;
 /// Bounds on a try's wait, whatever the configuration says, so deadlines
 /// neither overflow nor fire at once forever.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use config::ResolverConfig;
-pub use lookup::Lookup;
+pub use lookup::{Lookup, MAX_ADDRS, MAX_HOSTS};
 
 /// What to look up. Names are case-insensitive, the trailing dot optional;
 /// address literals (`[1.2.3.4]`) are the caller's business.

@@ -7,7 +7,6 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use proptest::prelude::*;
 
-use super::lookup::{MAX_ADDRS, MAX_HOSTS};
 use super::*;
 
 const NS1: &str = "192.0.2.1:53";
