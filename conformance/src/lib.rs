@@ -13,6 +13,7 @@
 
 pub mod delivery;
 pub mod machine;
+pub mod peers;
 pub mod run;
 pub mod trace;
 pub mod wire;

@@ -3,13 +3,10 @@
 //! `#[path]`), which pass their own `resolve`.
 
 use std::fmt::Write as _;
-use std::fs;
-use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use sqmail_conformance::peers::Unbound;
 use sqmail_core::dns::{Destination, Error, Query, Resolver, ResolverConfig};
 
 pub type Resolve = fn(&Resolver, Query) -> Result<Vec<Destination>, Error>;
@@ -17,21 +14,6 @@ pub type Resolve = fn(&Resolver, Query) -> Result<Vec<Destination>, Error>;
 /// A records of `big.test`: their answer is over 512 bytes, so it comes
 /// truncated over UDP (queries carry no EDNS) and whole only over TCP.
 const BIG: u8 = 40;
-
-/// A running unbound, killed and its directory removed on drop.
-pub struct Unbound {
-    child: Child,
-    dir: PathBuf,
-    pub addr: SocketAddr,
-}
-
-impl Drop for Unbound {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn zone() -> String {
     let mut data = String::from(
@@ -53,97 +35,14 @@ bigmx.test. 300 IN MX 10 big.test.
     for i in 0..BIG {
         writeln!(data, "big.test. 300 IN A 127.0.1.{i}").unwrap();
     }
-    data.lines()
-        .map(|l| format!("  local-data: \"{l}\"\n"))
-        .collect()
+    data
 }
 
-/// A loopback port free for both UDP and TCP, as far as one can tell.
-fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
-}
-
-fn unbound_exe() -> Option<&'static Path> {
-    [
-        "/usr/sbin/unbound",
-        "/usr/bin/unbound",
-        "/usr/local/sbin/unbound",
-    ]
-    .into_iter()
-    .map(Path::new)
-    .find(|p| p.exists())
-}
-
-/// Starts unbound and waits until it answers; None (after saying so)
-/// when it is not installed.
-pub fn start(resolve: Resolve) -> Option<Unbound> {
-    let Some(exe) = unbound_exe() else {
-        eprintln!("skipping: unbound is not installed");
-        return None;
-    };
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("sqmail-unbound-{}-{port}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "server:
-  interface: 127.0.0.1
-  port: {port}
-  do-daemonize: no
-  chroot: \"\"
-  username: \"\"
-  directory: \"{dir}\"
-  pidfile: \"\"
-  use-syslog: no
-  logfile: \"\"
-  verbosity: 1
-  num-threads: 1
-  do-ip6: no
-  do-not-query-localhost: yes
-  module-config: \"iterator\"
-  access-control: 127.0.0.0/8 allow
-  local-zone: \"test.\" static
-{zone}remote-control:
-  control-enable: no
-",
-        dir = dir.display(),
-        zone = zone(),
-    );
-    let conf = dir.join("unbound.conf");
-    fs::write(&conf, config).unwrap();
-    let log = fs::File::create(dir.join("log")).unwrap();
-    let child = Command::new(exe)
-        .arg("-d")
-        .arg("-c")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut unbound = Unbound {
-        child,
-        dir,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    };
-    let probe = resolver(unbound.addr, Duration::from_millis(100), 1);
-    for _ in 0..100 {
-        if resolve(&probe, Query::Host("plain.test".into())).is_ok() {
-            return Some(unbound);
-        }
-        if let Some(status) = unbound.child.try_wait().unwrap() {
-            let log = fs::read_to_string(unbound.dir.join("log")).unwrap_or_default();
-            panic!("unbound exited ({status}):\n{log}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("unbound did not answer");
+/// Starts unbound serving the test zone; None (after saying so) when it
+/// is not installed.
+fn start() -> Option<Unbound> {
+    let records: Vec<String> = zone().lines().map(str::to_string).collect();
+    Unbound::start("test.", &records)
 }
 
 pub fn resolver(server: SocketAddr, timeout: Duration, attempts: u32) -> Resolver {
@@ -159,7 +58,7 @@ fn ips(list: &[&str]) -> Vec<IpAddr> {
 
 /// Every case against unbound.
 pub fn cases(resolve: Resolve) {
-    let Some(unbound) = start(resolve) else {
+    let Some(unbound) = start() else {
         return;
     };
     let r = resolver(unbound.addr, Duration::from_secs(2), 2);
