@@ -16,7 +16,13 @@
 //! Lines, in order:
 //! - `# ...` a comment. The first line of every trace is a comment naming
 //!   the RFC section or CVE the case pins (for a delivery trace, the qmail
-//!   document and section). Blank lines are ignored.
+//!   document and section). Blank lines are ignored. Two comments mean
+//!   something to the Postfix cross-check (`tests/postfix.rs`) and to no
+//!   other run:
+//!   - `# rfc-required` the dialog's reply codes are what the RFCs require
+//!     of any server, so another MTA must give the same first digits;
+//!     `# rfc-required codes`: the same three-digit codes.
+//!   - `# postfix: text` Postfix disagrees, and why (a known disagreement).
 //! - `@name args` a setup directive (before the first dialog line):
 //!   `me`, `rcpthosts`, `badmailfrom`, `databytes`, `timeout` and
 //!   `localiphost` become control files; `relayclient [suffix]`,
@@ -334,6 +340,29 @@ pub struct Trace {
     pub corpus: Corpus,
     pub setup: Setup,
     pub steps: Vec<Step>,
+    /// `# rfc-required [codes]`: how another MTA's replies must match.
+    pub rfc_required: Option<CodeMatch>,
+    /// `# postfix: text` lines, without the prefix.
+    pub postfix_notes: Vec<String>,
+}
+
+/// How much of a reply code another MTA must share with the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CodeMatch {
+    /// `# rfc-required`: the first digit (success, more input, transient,
+    /// permanent).
+    FirstDigit,
+    /// `# rfc-required codes`: all three digits.
+    Exact,
+}
+
+impl CodeMatch {
+    pub fn agrees(self, expected: u16, got: u16) -> bool {
+        match self {
+            CodeMatch::FirstDigit => expected / 100 == got / 100,
+            CodeMatch::Exact => expected == got,
+        }
+    }
 }
 
 impl Trace {
@@ -369,6 +398,8 @@ impl Trace {
             last_was_send: false,
             seen_reply: false,
             last_run: None,
+            rfc_required: None,
+            postfix_notes: Vec::new(),
         };
         for (i, line) in text.lines().enumerate() {
             parser.line(i + 1, line)?;
@@ -392,6 +423,8 @@ impl Trace {
             corpus,
             setup: parser.setup,
             steps: parser.steps,
+            rfc_required: parser.rfc_required,
+            postfix_notes: parser.postfix_notes,
         })
     }
 }
@@ -421,6 +454,8 @@ struct Parser<'a> {
     seen_reply: bool,
     /// The last `T: N`'s N.
     last_run: Option<u64>,
+    rfc_required: Option<CodeMatch>,
+    postfix_notes: Vec<String>,
 }
 
 impl Parser<'_> {
@@ -445,7 +480,10 @@ impl Parser<'_> {
                 )),
             };
         }
-        if line.trim().is_empty() || line.starts_with('#') {
+        if let Some(comment) = line.strip_prefix('#') {
+            return self.comment(n, comment.trim());
+        }
+        if line.trim().is_empty() {
             return Ok(());
         }
         if let Some(directive) = line.strip_prefix('@') {
@@ -542,6 +580,37 @@ impl Parser<'_> {
                     .map_err(|_| self.err(n, format!("W: wants seconds, got {rest:?}")))?;
                 self.push(n, Action::Wait(secs));
             }
+        }
+        Ok(())
+    }
+
+    /// A comment after the title: free text, but for `rfc-required` and
+    /// `postfix:`.
+    fn comment(&mut self, n: usize, text: &str) -> Result<(), TraceError> {
+        if let Some(note) = text.strip_prefix("postfix:") {
+            if note.trim().is_empty() {
+                return Err(self.err(n, "`# postfix:` needs the disagreement and why"));
+            }
+            self.postfix_notes.push(note.trim().to_string());
+            return Ok(());
+        }
+        let Some(rest) = text.strip_prefix("rfc-required") else {
+            return Ok(());
+        };
+        let how = match rest.trim() {
+            "" => CodeMatch::FirstDigit,
+            "codes" => CodeMatch::Exact,
+            // `# rfc-required-ish ...`: some other word, a plain comment.
+            _ if !rest.starts_with(' ') => return Ok(()),
+            other => {
+                return Err(self.err(n, format!("`# rfc-required [codes]`: unknown {other:?}")))
+            }
+        };
+        if self.corpus != Corpus::Smtp {
+            return Err(self.err(n, "`# rfc-required` marks SMTP traces only"));
+        }
+        if self.rfc_required.replace(how).is_some() {
+            return Err(self.err(n, "`# rfc-required` twice"));
         }
         Ok(())
     }
@@ -949,6 +1018,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Trace, TraceError> {
         Trace::parse(Path::new("t.trace"), text)
+    }
+
+    #[test]
+    fn rfc_required_and_postfix_notes() {
+        let t = parse("# x\n# rfc-required\n# postfix: answers 250; allowed\nS: 220\n").unwrap();
+        assert_eq!(t.rfc_required, Some(CodeMatch::FirstDigit));
+        assert_eq!(t.postfix_notes, ["answers 250; allowed"]);
+        assert_eq!(t.steps.len(), 1);
+        let t = parse("# x\n# rfc-required codes\nS: 220\n").unwrap();
+        assert_eq!(t.rfc_required, Some(CodeMatch::Exact));
+        let t = parse("# x\n# other words, rfc-requiredness\nS: 220\n").unwrap();
+        assert_eq!(t.rfc_required, None);
+        assert!(t.postfix_notes.is_empty());
+        assert!(parse("# x\n# rfc-required all\nS: 220\n").is_err());
+        assert!(parse("# x\n# rfc-required\n# rfc-required\nS: 220\n").is_err());
+        assert!(parse("# x\n# postfix:\nS: 220\n").is_err());
+        // The title is only a title.
+        assert_eq!(
+            parse("# rfc-required\nS: 220\n").unwrap().rfc_required,
+            None
+        );
+        assert!(CodeMatch::FirstDigit.agrees(550, 554));
+        assert!(!CodeMatch::Exact.agrees(550, 554));
     }
 
     #[test]
