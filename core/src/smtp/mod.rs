@@ -1,5 +1,6 @@
 //! SMTP (RFC 5321) as sans-IO state machines.
 
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod host;
