@@ -15,6 +15,7 @@ pub mod inject;
 pub mod policy;
 pub mod received;
 pub mod recipients;
+pub mod remote;
 pub mod service;
 pub mod smtp;
 pub mod smtproutes;
