@@ -1,13 +1,15 @@
 //! What a runtime needs to serve a protocol, defined once so that the mio
 //! and smol runtimes offer `bins/` the same interface.
 
-use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::io::{self, Read};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::dns::{self, Destination, Query, Resolver};
+use crate::smtp::client::{ClientConfig, Delivery, Envelope};
 use crate::smtp::host::SmtpHost;
 use crate::smtp::Config;
 
@@ -44,6 +46,43 @@ pub trait Runtime {
     fn serve_smtp_stdio(config: Arc<Config>, host: Box<dyn SmtpHost + Send>) -> io::Result<()> {
         Self::serve_smtp_fds(io::stdin().as_fd(), io::stdout().as_fd(), config, host)
     }
+
+    /// A connection carrying client sessions of
+    /// [`crate::smtp::client::Client`] (remote delivery).
+    type SmtpConnection: SmtpConnection;
+
+    /// Connects to `peer`, from the local address `bind` if given, within
+    /// `timeout`, for the client session `config` describes.
+    fn connect_smtp(
+        peer: SocketAddr,
+        bind: Option<IpAddr>,
+        timeout: Duration,
+        config: Arc<ClientConfig>,
+    ) -> Result<Self::SmtpConnection, ConnectError>;
+
+    /// Answers `query`, driving [`crate::dns::Lookup`] over UDP and TCP to
+    /// the resolver's name servers; blocks until it is answered.
+    fn resolve(resolver: &Resolver, query: Query) -> Result<Vec<Destination>, dns::Error>;
+}
+
+/// One SMTP client connection, used for one transaction at a time.
+pub trait SmtpConnection: Send + 'static {
+    /// One transaction: `envelope`, then the message read from `message`
+    /// (as the queue stores it). The greeting and EHLO come first on a new
+    /// connection.
+    fn send(&mut self, envelope: Envelope, message: &mut dyn Read) -> Delivery;
+    /// Whether another transaction can follow on this connection.
+    fn is_reusable(&self) -> bool;
+    /// QUIT, then close; waits a bounded time for the reply.
+    fn quit(self);
+}
+
+/// Why a connection could not be made. A timeout is told apart because
+/// only timeouts count against a host (`lock/tcpto`).
+#[derive(Debug)]
+pub enum ConnectError {
+    TimedOut,
+    Failed(io::Error),
 }
 
 /// A new connection's fate, decided by the program (access rules,

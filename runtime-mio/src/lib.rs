@@ -8,18 +8,23 @@
 //! [`Mio`] implements [`Runtime`], as `sqmail-smol` does, so `bins/` picks
 //! a runtime with a cargo feature.
 
+mod connect;
 mod daemon;
 pub mod dns;
 mod pool;
+pub mod smtp_client;
 mod stdio;
 mod timers;
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
-use sqmail_core::service::{Runtime, ServeLimits, SessionFactory, Shutdown};
+use sqmail_core::dns::{Destination, Query, Resolver};
+use sqmail_core::service::{ConnectError, Runtime, ServeLimits, SessionFactory, Shutdown};
+use sqmail_core::smtp::client::ClientConfig;
 use sqmail_core::smtp::host::SmtpHost;
 use sqmail_core::smtp::Config;
 
@@ -44,5 +49,23 @@ impl Runtime for Mio {
         host: Box<dyn SmtpHost + Send>,
     ) -> io::Result<()> {
         stdio::serve(input, output, config, host)
+    }
+
+    type SmtpConnection = smtp_client::Connection;
+
+    fn connect_smtp(
+        peer: SocketAddr,
+        bind: Option<IpAddr>,
+        timeout: Duration,
+        config: Arc<ClientConfig>,
+    ) -> Result<smtp_client::Connection, ConnectError> {
+        smtp_client::connect(peer, bind, timeout, config)
+    }
+
+    fn resolve(
+        resolver: &Resolver,
+        query: Query,
+    ) -> Result<Vec<Destination>, sqmail_core::dns::Error> {
+        dns::resolve(resolver, query)
     }
 }
