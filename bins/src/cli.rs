@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{home::Home, inject, send, sendmail, setup, smtpd, up, user};
+use crate::{home::Home, inject, remote, send, sendmail, setup, smtpd, tcpto, up, user};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,14 @@ enum Program {
     /// Compile users/recipients into users/recipients.cdb, atomically
     /// (s/qmail's qmail-recipients).
     Recipients(HomeArgs),
+    /// Deliver one message to another host over SMTP (qmail-remote): the
+    /// message on stdin, qmail-remote's report on stdout.
+    Remote(remote::RemoteArgs),
+    /// Show the hosts remote delivery leaves alone after connection
+    /// timeouts (qmail-tcpto).
+    Tcpto(HomeArgs),
+    /// Forget every connection timeout (qmail-tcpok).
+    Tcpok(HomeArgs),
 }
 
 /// Every program works on one qmail home.
@@ -93,7 +101,7 @@ impl HomeArgs {
 }
 
 /// qmail's program names and the subcommand each one is.
-const PROGRAM_NAMES: [(&str, &str); 10] = [
+const PROGRAM_NAMES: [(&str, &str); 13] = [
     ("qmail-smtpd", "smtpd"),
     ("qmail-send", "send"),
     ("qmail-start", "send"),
@@ -104,6 +112,9 @@ const PROGRAM_NAMES: [(&str, &str); 10] = [
     ("newaliases", "newaliases"),
     ("qmail-newu", "newu"),
     ("qmail-recipients", "recipients"),
+    ("qmail-remote", "remote"),
+    ("qmail-tcpto", "tcpto"),
+    ("qmail-tcpok", "tcpok"),
 ];
 
 /// `qmail-smtpd ARGS` → `sqmail smtpd ARGS`, by the name we were called.
@@ -141,6 +152,9 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
         Program::Newu(args) => newu_main(&args.home()),
         Program::User(args) => user::main(args),
         Program::Recipients(args) => user::recipients_main(&args.home()),
+        Program::Remote(args) => remote::main(args),
+        Program::Tcpto(args) => tcpto::show(&args.home()),
+        Program::Tcpok(args) => tcpto::clear(&args.home()),
     }
 }
 

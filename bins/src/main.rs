@@ -7,6 +7,8 @@ mod controls;
 mod getopt;
 mod home;
 mod inject;
+mod ipme;
+mod remote;
 mod runtime;
 mod send;
 mod sendmail;
@@ -14,6 +16,7 @@ mod setup;
 mod signals;
 mod smtpd;
 mod store;
+mod tcpto;
 mod up;
 mod user;
 

@@ -11,6 +11,7 @@ use sqmail_queue::send::{self, Control, Daemon, Handle, Options};
 
 use crate::cli::HomeArgs;
 use crate::home::Home;
+use crate::remote::{Remote, RemoteOptions};
 use crate::signals::{on_signals, SignalThread};
 
 /// qmail-start's default delivery in s/qmail (1.03's was `./Mailbox`).
@@ -20,6 +21,8 @@ pub const DEFAULT_DELIVERY: &str = "./Maildir/";
 pub struct SendArgs {
     #[command(flatten)]
     pub home: HomeArgs,
+    #[command(flatten)]
+    pub remote: RemoteOptions,
     /// qmail-start's arguments: the default delivery instruction for users
     /// without a .qmail (default ./Maildir/), then optionally a logger
     /// program and its arguments, which gets the log on its stdin.
@@ -43,7 +46,7 @@ pub fn main(args: SendArgs) -> ExitCode {
             }
         }
     };
-    let daemon = match daemon(&home, delivery.into_bytes()) {
+    let daemon = match daemon(&home, delivery.into_bytes(), &args.remote) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("qmail-send: fatal: {e}");
@@ -66,15 +69,23 @@ pub fn main(args: SendArgs) -> ExitCode {
     }
 }
 
-/// The daemon for `home`, with its controls read.
-pub fn daemon(home: &Home, default_delivery: Vec<u8>) -> Result<Daemon, String> {
+/// The daemon for `home`, with its controls read, delivering remote
+/// recipients over SMTP.
+pub fn daemon(
+    home: &Home,
+    default_delivery: Vec<u8>,
+    remote: &RemoteOptions,
+) -> Result<Daemon, String> {
     let controls = send::load(&mut |name| home.control_bytes(name))
         .map_err(|e| format!("{}: control/{e}", home.path().display()))?;
+    let transport = Remote::new(home.clone(), remote)?
+        .transport()
+        .map_err(|e| format!("unable to start remote delivery: {e}"))?;
     Daemon::new(Options {
         home: home.path().to_owned(),
         default_delivery,
         controls,
-        remote: None,
+        remote: Some(transport),
     })
 }
 

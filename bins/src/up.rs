@@ -15,6 +15,7 @@ use clap::Args;
 use sqmail_core::service::{ServeLimits, Shutdown};
 
 use crate::home::Home;
+use crate::remote::RemoteOptions;
 use crate::{send, setup, smtpd, user};
 
 /// Where one service listens, or `none`.
@@ -74,6 +75,8 @@ pub struct UpArgs {
     /// QMTP over TLS (reserved: not built yet).
     #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:6209")]
     qmtps: Endpoint,
+    #[command(flatten)]
+    remote: RemoteOptions,
 }
 
 pub fn main(args: UpArgs) -> ExitCode {
@@ -91,7 +94,11 @@ fn up(args: &UpArgs) -> Result<(), String> {
         std::path::absolute(&args.home).map_err(|e| format!("{}: {e}", args.home.display()))?;
     let home = Home::new(path);
     let created = prepare(&home).map_err(|e| format!("{}: {e}", home.path().display()))?;
-    let daemon = send::daemon(&home, send::DEFAULT_DELIVERY.as_bytes().to_vec())?;
+    let daemon = send::daemon(
+        &home,
+        send::DEFAULT_DELIVERY.as_bytes().to_vec(),
+        &args.remote,
+    )?;
     let handle = daemon.handle();
     print_summary(&home, args, created);
 
@@ -198,6 +205,7 @@ fn print_summary(home: &Home, args: &UpArgs, created: bool) {
     service("qmqp", args.qmqp, reserved);
     service("qmtps", args.qmtps, reserved);
     println!("  queue       {h}/queue");
+    println!("  remote      other domains by MX, or as {h}/control/smtproutes says");
     println!("  controls    {h}/control (local domains: control/locals)");
     println!("  mailboxes   (sqmail user list --home {h})");
     for (address, maildir) in user::list(home).unwrap_or_default() {

@@ -102,7 +102,9 @@ impl Postfix {
              virtual_mailbox_maps = static:box/\n\
              virtual_uid_maps = static:{uid}\n\
              virtual_gid_maps = static:{gid}\n\
-             smtp_dns_support_level = disabled\n",
+             smtp_dns_support_level = disabled\n\
+             alias_maps =\n\
+             alias_database =\n",
             port = self.port,
             uid = id("-u"),
             gid = id("-g"),
@@ -154,11 +156,13 @@ impl Postfix {
         std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
     }
 
-    /// smtpd's summary of each finished session (`ehlo=1 mail=3 ...`).
+    /// smtpd's summary of each finished session (`ehlo=1 mail=3 ...`),
+    /// but for sessions without a command (such as `start`'s own probe).
     pub fn sessions(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter(|l| l.contains("/smtpd[") && l.contains(" disconnect from "))
+            .filter(|l| !l.ends_with(" commands=0/0"))
             .map(|l| {
                 l.split(" disconnect from ")
                     .nth(1)
