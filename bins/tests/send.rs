@@ -219,10 +219,10 @@ fn a_forward_is_queued_as_the_delivering_user() {
 fn sighup_rereads_locals() {
     let home = TestHome::new("send-hup");
     let maildir = common::add_mailbox(&home.path, "joe@localhost");
-    let mut send = Proc::send(&home.path, &[]);
-
     // new.example is not local yet: the message goes to the remote
-    // channel, which is held, and stays queued there.
+    // channel, to a host that refuses connections, and stays queued.
+    home.control("smtproutes", "new.example:[127.0.0.1]:1\n");
+    let mut send = Proc::send(&home.path, &[]);
     inject_with(
         "inject",
         &home.path,
@@ -264,9 +264,14 @@ fn sighup_rereads_locals() {
         log.contains(&format!("msg {second} to local joe@new.example\n")),
         "{log}"
     );
-    // The first keeps the split it had, as in qmail: remote, held.
-    assert!(log.contains("warning: remote deliveries held"), "{log}");
-    assert_eq!(delivery_of(&log, &first), None, "{log}");
+    // The first keeps the split it had, as in qmail: remote, deferred.
+    let n = delivery_of(&log, &first).unwrap();
+    assert!(
+        log.contains(&format!(
+            "delivery {n}: deferral: Sorry,_I_wasn't_able_to_establish"
+        )),
+        "{log}"
+    );
     assert!(!log.contains(&format!("end msg {first}\n")), "{log}");
     assert!(common::queue_files(&home.path)
         .iter()
@@ -309,9 +314,11 @@ fn the_log_goes_to_qmail_starts_logger() {
 #[test]
 fn a_second_send_on_the_same_home_exits_111_naming_the_lock() {
     let home = TestHome::new("send-lock");
+    common::add_mailbox(&home.path, "joe@localhost");
     let mut send = Proc::send(&home.path, &[]);
-    // The lock is taken before the first log line.
-    send.wait_for("\n");
+    // The lock is taken before any message is looked at.
+    inject_with("inject", &home.path, &["joe"], "Subject: x\n\nx\n");
+    send.wait_for("new msg ");
     let second = common::sqmail()
         .args(["send", "--home"])
         .arg(&home.path)
