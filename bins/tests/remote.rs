@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{sqmail, wait_until, Proc, TestHome};
-use sqmail_conformance::peers::Postfix;
+use sqmail_conformance::peers::{Postfix, Unbound};
 
 /// A message with what SMTP must carry intact: a leading dot, a line that
 /// is only a dot, 8-bit text, trailing blanks and an empty last line.
@@ -96,19 +96,92 @@ fn remote_delivers_to_postfix_whole() {
     );
 }
 
+/// A `test.` zone: peer.test's MX is this machine; the rest fail.
+fn zone() -> Vec<String> {
+    [
+        "test. 3600 IN SOA ns.test. host.test. 1 3600 600 86400 60",
+        "peer.test. 300 IN MX 10 mx.peer.test.",
+        "peer.test. 300 IN MX 20 backup.peer.test.",
+        "mx.peer.test. 300 IN A 127.0.0.1",
+        "backup.peer.test. 300 IN A 127.0.0.1",
+        "nullmx.test. 300 IN MX 0 .",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 #[test]
-fn mail_through_send_reuses_one_connection() {
+fn remote_finds_the_mx_and_says_when_there_is_none() {
     let Some(postfix) = Postfix::start("peer.test", &[]) else {
+        return;
+    };
+    let Some(dns) = Unbound::start("test.", &zone()) else {
+        return;
+    };
+    let home = TestHome::new("remote-mx");
+    let (dns, port) = (dns.addr.to_string(), postfix.port.to_string());
+    let run = |domain: &str| {
+        let to = format!("a@{domain}");
+        let args = [
+            "--dns",
+            &dns,
+            "--mx-port",
+            &port,
+            domain,
+            "joe@here.test",
+            &to,
+        ];
+        remote(&home.path, &args, MESSAGE)
+    };
+    let r = run("peer.test");
+    assert_eq!(r[0], "r", "{r:?}");
+    assert!(r[1].starts_with("K127.0.0.1 accepted message."), "{r:?}");
+    assert_eq!(
+        run("nowhere.test"),
+        ["DSorry, I couldn't find any host named nowhere.test. (#5.1.2)\n"]
+    );
+    let null = run("nullmx.test");
+    assert!(
+        null[0].starts_with("DSorry, nullmx.test says it accepts no mail"),
+        "{null:?}"
+    );
+    assert!(wait_until(Duration::from_secs(20), || postfix
+        .messages()
+        .len()
+        == 1));
+}
+
+#[test]
+fn mail_through_up_goes_by_mx_over_one_connection() {
+    let Some(postfix) = Postfix::start("peer.test", &[]) else {
+        return;
+    };
+    let Some(dns) = Unbound::start("test.", &zone()) else {
         return;
     };
     let home = TestHome::new("remote-reuse");
     // One delivery at a time: each finds the last one's connection idle.
     home.control("concurrencyremote", "1\n");
-    home.control(
-        "smtproutes",
-        &format!("peer.test:127.0.0.1:{}\n", postfix.port),
-    );
-    let mut send = Proc::send(&home.path, &[]);
+    let smtp = format!("127.0.0.1:{}", common::free_port());
+    let mut cmd = sqmail();
+    cmd.arg("up")
+        .arg("--home")
+        .arg(&home.path)
+        .args(["--smtp", &smtp, "--dns", &dns.addr.to_string()])
+        .args(["--mx-port", &postfix.port.to_string()]);
+    for port in [
+        "submission",
+        "smtps",
+        "pop3",
+        "pop3s",
+        "qmtp",
+        "qmqp",
+        "qmtps",
+    ] {
+        cmd.args([format!("--{port}"), "none".into()]);
+    }
+    let mut send = Proc::spawn(cmd);
+    send.wait_for("try it:");
     const COUNT: usize = 10;
     for i in 0..COUNT {
         let mut cmd = sqmail();
