@@ -259,7 +259,9 @@ impl Remote {
                 timeout: controls.timeout_remote,
                 peer: ip,
             });
-            match Chosen::connect_smtp(key.peer, key.bind, controls.timeout_connect, config) {
+            let connected = start_connect(key.peer, key.bind).map_err(ConnectError::Failed);
+            match connected.and_then(|s| Chosen::connect_smtp(s, controls.timeout_connect, config))
+            {
                 Ok(mut connection) => {
                     let _ = self.tcpto.record(ip, now, false);
                     let delivery = send(&mut connection, envelope, message);
@@ -409,6 +411,25 @@ fn envelope<M: Read + Seek>(
         size,
         eight_bit,
     })
+}
+
+/// A socket connecting to `peer` (from `bind`, `control/outgoingip`),
+/// without waiting: the runtime waits for it.
+fn start_connect(peer: SocketAddr, bind: Option<IpAddr>) -> io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(peer), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    // The machine writes whole command groups; Nagle would only delay them.
+    socket.set_tcp_nodelay(true)?;
+    if let Some(ip) = bind {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match socket.connect(&peer.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(socket.into())
 }
 
 /// One transaction, the message read from its start.

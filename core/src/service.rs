@@ -2,14 +2,16 @@
 //! and smol runtimes offer `bins/` the same interface.
 
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use crate::dns::{self, Destination, Query, Resolver};
-use crate::smtp::client::{ClientConfig, Delivery, Envelope};
+use crate::remote;
+use crate::smtp::client::{Client, ClientConfig, ClientEvent, Delivery, Envelope};
 use crate::smtp::host::SmtpHost;
 use crate::smtp::Config;
 
@@ -51,11 +53,10 @@ pub trait Runtime {
     /// [`crate::smtp::client::Client`] (remote delivery).
     type SmtpConnection: SmtpConnection;
 
-    /// Connects to `peer`, from the local address `bind` if given, within
+    /// Completes the connection `socket` started (non-blocking), within
     /// `timeout`, for the client session `config` describes.
     fn connect_smtp(
-        peer: SocketAddr,
-        bind: Option<IpAddr>,
+        socket: TcpStream,
         timeout: Duration,
         config: Arc<ClientConfig>,
     ) -> Result<Self::SmtpConnection, ConnectError>;
@@ -75,6 +76,80 @@ pub trait SmtpConnection: Send + 'static {
     fn is_reusable(&self) -> bool;
     /// QUIT, then close; waits a bounded time for the reply.
     fn quit(self);
+}
+
+/// The host's half of one client transaction, the same for every
+/// runtime: it takes the machine's events and feeds it the message, so a
+/// driver only moves bytes and waits.
+pub struct Transaction<'a> {
+    message: &'a mut dyn Read,
+    chunk: Vec<u8>,
+    feeding: bool,
+}
+
+/// What the driver does after [`Transaction::step`]: in every case first
+/// send what the machine has to transmit.
+#[derive(Debug)]
+pub enum Step {
+    /// The envelope's results: the transaction is over.
+    Done(Delivery),
+    /// Step again at once (more of the message may fit).
+    Again,
+    /// Wait for the socket, or until the machine's `poll_timeout`.
+    Wait,
+}
+
+impl<'a> Transaction<'a> {
+    /// The transaction of the envelope just given to [`Client::send`].
+    pub fn new(message: &'a mut dyn Read) -> Self {
+        Transaction {
+            message,
+            chunk: vec![0; 64 * 1024],
+            feeding: false,
+        }
+    }
+
+    pub fn step(&mut self, client: &mut Client, now: Instant) -> Step {
+        let mut delivery = None;
+        while let Some(event) = client.poll_event() {
+            match event {
+                ClientEvent::WantBody => self.feeding = true,
+                ClientEvent::Done(d) => delivery = Some(d),
+                ClientEvent::Ready | ClientEvent::Closed => {}
+            }
+        }
+        if let Some(d) = delivery {
+            return Step::Done(d);
+        }
+        // The machine settles every envelope before it closes.
+        if client.is_closed() {
+            return Step::Done(remote::no_connection());
+        }
+        let mut fed = false;
+        while self.feeding && client.wants_body() {
+            fed = true;
+            match self.message.read(&mut self.chunk) {
+                Ok(0) => {
+                    self.feeding = false;
+                    let _ = client.end_body(now);
+                }
+                Ok(n) => {
+                    let _ = client.body(now, &self.chunk[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Mid-DATA there is no way back: the session is not
+                // reusable, and the message is deferred.
+                Err(_) => return Step::Done(remote::unreadable()),
+            }
+        }
+        // Feeding may have ended the transaction (the last chunk, or a
+        // partial final line): its events come before any wait.
+        if fed {
+            Step::Again
+        } else {
+            Step::Wait
+        }
+    }
 }
 
 /// Why a connection could not be made. A timeout is told apart because

@@ -1,17 +1,16 @@
-//! SMTP client connections for remote delivery: a core
-//! [`Client`] driven over one socket on a mio `Poll` of its own. A
-//! delivery thread blocks in it; the machine's deadlines bound every wait.
+//! SMTP client connections for remote delivery: a core [`Client`] driven
+//! over one socket on a mio `Poll` of its own. A delivery thread blocks
+//! in it; the machine's deadlines bound every wait.
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use sqmail_core::remote;
-use sqmail_core::service::{ConnectError, SmtpConnection};
-use sqmail_core::smtp::client::{Client, ClientConfig, ClientEvent, Delivery, Envelope};
+use sqmail_core::service::{ConnectError, SmtpConnection, Step, Transaction};
+use sqmail_core::smtp::client::{Client, ClientConfig, Delivery, Envelope};
 
 const SOCKET: Token = Token(0);
 /// How long QUIT waits for its reply.
@@ -22,20 +21,15 @@ pub struct Connection {
     events: Events,
     stream: TcpStream,
     client: Client,
-    /// The socket failed under the machine (or the message could not be
-    /// read mid-DATA): never reuse it.
-    broken: bool,
 }
 
-/// Connects to `peer` from `bind`, within `timeout`.
+/// Waits (at most `timeout`) for the connect `socket` started to finish.
 pub fn connect(
-    peer: SocketAddr,
-    bind: Option<IpAddr>,
+    socket: std::net::TcpStream,
     timeout: Duration,
     config: Arc<ClientConfig>,
 ) -> Result<Connection, ConnectError> {
     let deadline = Instant::now() + timeout;
-    let socket = crate::connect::start(peer, bind).map_err(ConnectError::Failed)?;
     let mut stream = TcpStream::from_std(socket);
     let mut poll = Poll::new().map_err(ConnectError::Failed)?;
     poll.registry()
@@ -68,27 +62,37 @@ pub fn connect(
         events,
         stream,
         client: Client::new(config, Instant::now()),
-        broken: false,
     })
 }
 
 impl SmtpConnection for Connection {
     fn send(&mut self, envelope: Envelope, message: &mut dyn Read) -> Delivery {
         if self.client.send(Instant::now(), envelope).is_err() {
-            self.broken = true;
             return remote::unreadable();
         }
-        self.run(message)
+        let mut transaction = Transaction::new(message);
+        loop {
+            let step = transaction.step(&mut self.client, Instant::now());
+            self.flush();
+            match step {
+                Step::Done(delivery) => return delivery,
+                Step::Again => {}
+                Step::Wait => {
+                    self.wait(self.client.poll_timeout());
+                    self.client.handle_timeout(Instant::now());
+                }
+            }
+        }
     }
 
     fn is_reusable(&self) -> bool {
-        !self.broken && self.client.is_reusable()
+        self.client.is_reusable()
     }
 
     fn quit(mut self) {
         let give_up = Instant::now() + QUIT_WAIT;
         self.client.quit(Instant::now());
-        while !self.client.is_closed() && Instant::now() < give_up && !self.broken {
+        while !self.client.is_closed() && Instant::now() < give_up {
             while self.client.poll_event().is_some() {}
             self.flush();
             self.wait(Some(give_up));
@@ -97,61 +101,6 @@ impl SmtpConnection for Connection {
 }
 
 impl Connection {
-    /// Runs the machine until the envelope's Delivery, feeding `message`
-    /// when the server asks for it.
-    fn run(&mut self, message: &mut dyn Read) -> Delivery {
-        let mut chunk = vec![0; 64 * 1024];
-        let mut feeding = false;
-        let mut delivery = None;
-        loop {
-            while let Some(event) = self.client.poll_event() {
-                match event {
-                    ClientEvent::WantBody => feeding = true,
-                    ClientEvent::Done(d) => delivery = Some(d),
-                    ClientEvent::Ready => {}
-                    ClientEvent::Closed => self.broken = true,
-                }
-            }
-            // Feeding may end the transaction (the last chunk, or a
-            // partial final line): its events come before any wait.
-            let mut fed = false;
-            while feeding && self.client.wants_body() {
-                fed = true;
-                let now = Instant::now();
-                match message.read(&mut chunk) {
-                    Ok(0) => {
-                        feeding = false;
-                        let _ = self.client.end_body(now);
-                    }
-                    Ok(n) => {
-                        let _ = self.client.body(now, &chunk[..n]);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        // Mid-DATA there is no clean way back: drop it all.
-                        self.broken = true;
-                        return remote::unreadable();
-                    }
-                }
-            }
-            self.flush();
-            if let Some(d) = delivery.take() {
-                return d;
-            }
-            if fed {
-                continue;
-            }
-            if self.broken && self.client.transmit().is_empty() {
-                // Closed without a Delivery cannot happen: the machine
-                // settles every envelope before it closes.
-                return remote::no_connection();
-            }
-            let deadline = self.client.poll_timeout();
-            self.wait(deadline);
-            self.client.handle_timeout(Instant::now());
-        }
-    }
-
     /// Writes what the machine has to send, as far as the socket takes it.
     fn flush(&mut self) {
         while !self.client.transmit().is_empty() {
@@ -159,11 +108,7 @@ impl Connection {
                 Ok(n) => self.client.advance_transmit(Instant::now(), n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.client.handle_eof(Instant::now());
-                    self.broken = true;
-                    return;
-                }
+                Err(_) => return self.client.handle_eof(Instant::now()),
             }
         }
     }
@@ -177,14 +122,13 @@ impl Connection {
             return;
         }
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if let Err(e) = self.poll.poll(&mut self.events, timeout) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                self.client.handle_eof(Instant::now());
-                self.broken = true;
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {
+                self.read_all();
             }
-            return;
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => self.client.handle_eof(Instant::now()),
         }
-        self.read_all();
     }
 
     /// Reads until the socket would block; whether anything happened.
@@ -195,7 +139,6 @@ impl Connection {
             match self.stream.read(&mut buf) {
                 Ok(0) => {
                     self.client.handle_eof(Instant::now());
-                    self.broken = true;
                     return true;
                 }
                 Ok(n) => {
@@ -206,7 +149,6 @@ impl Connection {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.client.handle_eof(Instant::now());
-                    self.broken = true;
                     return true;
                 }
             }

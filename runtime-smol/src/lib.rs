@@ -7,7 +7,6 @@
 //! [`Smol`] implements [`Runtime`], as `sqmail-mio` does, so `bins/` picks
 //! a runtime with a cargo feature.
 
-mod connect;
 mod daemon;
 pub mod dns;
 mod drive;
@@ -15,7 +14,7 @@ pub mod smtp_client;
 mod stdio;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,12 +53,11 @@ impl Runtime for Smol {
     type SmtpConnection = smtp_client::Connection;
 
     fn connect_smtp(
-        peer: SocketAddr,
-        bind: Option<IpAddr>,
+        socket: TcpStream,
         timeout: Duration,
         config: Arc<ClientConfig>,
     ) -> Result<smtp_client::Connection, ConnectError> {
-        smtp_client::connect(peer, bind, timeout, config)
+        smtp_client::connect(socket, timeout, config)
     }
 
     fn resolve(

@@ -5,7 +5,7 @@
 
 use std::future::pending;
 use std::io::{self, Read};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,8 @@ use async_io::{Async, Timer};
 use smol::future::FutureExt;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use sqmail_core::remote;
-use sqmail_core::service::{ConnectError, SmtpConnection};
-use sqmail_core::smtp::client::{Client, ClientConfig, ClientEvent, Delivery, Envelope};
+use sqmail_core::service::{ConnectError, SmtpConnection, Step, Transaction};
+use sqmail_core::smtp::client::{Client, ClientConfig, Delivery, Envelope};
 
 /// How long QUIT waits for its reply.
 const QUIT_WAIT: Duration = Duration::from_secs(5);
@@ -22,8 +22,6 @@ const QUIT_WAIT: Duration = Duration::from_secs(5);
 pub struct Connection {
     stream: Async<TcpStream>,
     client: Client,
-    /// The socket failed, or the message could not be read mid-DATA.
-    broken: bool,
     buf: Vec<u8>,
 }
 
@@ -34,14 +32,12 @@ enum Woke {
     Deadline,
 }
 
-/// Connects to `peer` from `bind`, within `timeout`.
+/// Waits (at most `timeout`) for the connect `socket` started to finish.
 pub fn connect(
-    peer: SocketAddr,
-    bind: Option<IpAddr>,
+    socket: TcpStream,
     timeout: Duration,
     config: Arc<ClientConfig>,
 ) -> Result<Connection, ConnectError> {
-    let socket = crate::connect::start(peer, bind).map_err(ConnectError::Failed)?;
     let stream = Async::new(socket).map_err(ConnectError::Failed)?;
     smol::block_on(async {
         let made = async { Some(stream.writable().await) }.or(async {
@@ -49,24 +45,21 @@ pub fn connect(
             None
         });
         match made.await {
-            None => return Err(ConnectError::TimedOut),
-            Some(Err(e)) => return Err(ConnectError::Failed(e)),
-            Some(Ok(())) => {}
+            None => Err(ConnectError::TimedOut),
+            Some(Err(e)) => Err(ConnectError::Failed(e)),
+            Some(Ok(())) => match stream.get_ref().take_error() {
+                Ok(None) => stream
+                    .get_ref()
+                    .peer_addr()
+                    .map(drop)
+                    .map_err(ConnectError::Failed),
+                Ok(Some(e)) | Err(e) => Err(ConnectError::Failed(e)),
+            },
         }
-        if let Some(e) = stream
-            .get_ref()
-            .take_error()
-            .map_err(ConnectError::Failed)?
-        {
-            return Err(ConnectError::Failed(e));
-        }
-        stream.get_ref().peer_addr().map_err(ConnectError::Failed)?;
-        Ok(())
     })?;
     Ok(Connection {
         stream,
         client: Client::new(config, Instant::now()),
-        broken: false,
         buf: vec![0; 16 * 1024],
     })
 }
@@ -74,21 +67,30 @@ pub fn connect(
 impl SmtpConnection for Connection {
     fn send(&mut self, envelope: Envelope, message: &mut dyn Read) -> Delivery {
         if self.client.send(Instant::now(), envelope).is_err() {
-            self.broken = true;
             return remote::unreadable();
         }
-        smol::block_on(self.transaction(message))
+        let mut transaction = Transaction::new(message);
+        smol::block_on(async {
+            loop {
+                match transaction.step(&mut self.client, Instant::now()) {
+                    Step::Done(delivery) => return delivery,
+                    // Nothing is waited for: the step only writes.
+                    Step::Again => self.step(Some(Instant::now())).await,
+                    Step::Wait => self.step(self.client.poll_timeout()).await,
+                }
+            }
+        })
     }
 
     fn is_reusable(&self) -> bool {
-        !self.broken && self.client.is_reusable()
+        self.client.is_reusable()
     }
 
     fn quit(mut self) {
         let give_up = Instant::now() + QUIT_WAIT;
         self.client.quit(Instant::now());
         smol::block_on(async {
-            while !self.client.is_closed() && !self.broken && Instant::now() < give_up {
+            while !self.client.is_closed() && Instant::now() < give_up {
                 while self.client.poll_event().is_some() {}
                 let deadline = self
                     .client
@@ -101,53 +103,6 @@ impl SmtpConnection for Connection {
 }
 
 impl Connection {
-    /// Runs the machine until the envelope's Delivery, feeding `message`
-    /// as the server takes it.
-    async fn transaction(&mut self, message: &mut dyn Read) -> Delivery {
-        let mut chunk = vec![0; 64 * 1024];
-        let mut feeding = false;
-        loop {
-            while let Some(event) = self.client.poll_event() {
-                match event {
-                    ClientEvent::WantBody => feeding = true,
-                    ClientEvent::Done(d) => return d,
-                    ClientEvent::Ready => {}
-                    ClientEvent::Closed => self.broken = true,
-                }
-            }
-            // Feeding may end the transaction (the last chunk, or a
-            // partial final line): its events come before any wait.
-            let mut fed = false;
-            while feeding && self.client.wants_body() {
-                fed = true;
-                let now = Instant::now();
-                match message.read(&mut chunk) {
-                    Ok(0) => {
-                        feeding = false;
-                        let _ = self.client.end_body(now);
-                    }
-                    Ok(n) => {
-                        let _ = self.client.body(now, &chunk[..n]);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => {
-                        self.broken = true;
-                        return remote::unreadable();
-                    }
-                }
-            }
-            if fed {
-                continue;
-            }
-            if self.broken && self.client.transmit().is_empty() {
-                // The machine settles every envelope before it closes.
-                return remote::no_connection();
-            }
-            let deadline = self.client.poll_timeout();
-            self.step(deadline).await;
-        }
-    }
-
     /// One wait: the server's bytes, room to write, or the deadline.
     async fn step(&mut self, deadline: Option<Instant>) {
         let woke = {
@@ -169,20 +124,14 @@ impl Connection {
                     None => pending().await,
                 }
             };
-            read.or(write).or(timer).await
+            // Writing first: a step after feeding must not wait on reads.
+            write.or(read).or(timer).await
         };
         let now = Instant::now();
         match woke {
-            Woke::Read(Ok(0)) | Woke::Read(Err(_)) => {
-                self.client.handle_eof(now);
-                self.broken = true;
-            }
+            Woke::Read(Ok(0) | Err(_)) | Woke::Wrote(Err(_)) => self.client.handle_eof(now),
             Woke::Read(Ok(n)) => self.client.handle_input(now, &self.buf[..n]),
             Woke::Wrote(Ok(n)) => self.client.advance_transmit(now, n),
-            Woke::Wrote(Err(_)) => {
-                self.client.handle_eof(now);
-                self.broken = true;
-            }
             Woke::Deadline => {}
         }
         self.client.handle_timeout(now);
