@@ -120,6 +120,45 @@ pub fn scan_ulong(s: &str) -> u64 {
 /// does not exist, or a description of why it could not be read.
 pub type ReadResult = Result<Option<Vec<u8>>, String>;
 
+/// Control files through the host's reader, each with qmail's parser;
+/// errors name the file.
+pub struct Reader<'a> {
+    read: &'a mut dyn FnMut(&str) -> ReadResult,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(read: &'a mut dyn FnMut(&str) -> ReadResult) -> Self {
+        Reader { read }
+    }
+
+    /// The file's bytes, `None` when it does not exist.
+    pub fn bytes(&mut self, name: &str) -> Result<Option<Vec<u8>>, ControlError> {
+        (self.read)(name).map_err(|e| ControlError::new(name, 0, e))
+    }
+
+    pub fn line(&mut self, name: &str) -> Result<Option<String>, ControlError> {
+        match self.bytes(name)? {
+            Some(bytes) => parse_line(name, &bytes),
+            None => Ok(None),
+        }
+    }
+
+    pub fn list(&mut self, name: &str) -> Result<Option<Vec<String>>, ControlError> {
+        match self.bytes(name)? {
+            Some(bytes) => parse_list(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// An integer file, `default` when absent or empty.
+    pub fn int(&mut self, name: &str, default: u64) -> Result<u64, ControlError> {
+        match self.bytes(name)? {
+            Some(bytes) => Ok(parse_int(name, &bytes)?.unwrap_or(default)),
+            None => Ok(default),
+        }
+    }
+}
+
 /// Everything qmail-smtpd reads from `control/` (qmail-smtpd.c `setup`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SmtpdControls {
@@ -150,30 +189,19 @@ impl SmtpdControls {
     /// Like [`SmtpdControls::load`], over raw bytes and with read errors,
     /// so invalid UTF-8 and unreadable files are reported with their name.
     pub fn load_with(read: &mut dyn FnMut(&str) -> ReadResult) -> Result<Self, ControlError> {
-        let mut get = |name: &str| read(name).map_err(|e| ControlError::new(name, 0, e));
-        let mut line = |name: &str| match get(name)? {
-            Some(bytes) => parse_line(name, &bytes),
-            None => Ok(None),
-        };
-        let me = line("me")?;
-        let smtpgreeting = line("smtpgreeting")?
+        let mut files = Reader::new(read);
+        let me = files.line("me")?;
+        let smtpgreeting = files
+            .line("smtpgreeting")?
             .or_else(|| me.clone())
             .ok_or_else(|| {
                 ControlError::new("smtpgreeting", 0, "neither smtpgreeting nor me is set")
             })?;
-        let localiphost = line("localiphost")?.or_else(|| me.clone());
-        let mut list = |name: &str| match get(name)? {
-            Some(bytes) => parse_list(name, &bytes).map(Some),
-            None => Ok(None),
-        };
-        let rcpthosts = list("rcpthosts")?;
-        let badmailfrom = list("badmailfrom")?.unwrap_or_default();
-        let mut int = |name: &str, default: u64| match get(name)? {
-            Some(bytes) => Ok(parse_int(name, &bytes)?.unwrap_or(default)),
-            None => Ok(default),
-        };
-        let databytes = int("databytes", 0)?;
-        let timeoutsmtpd = int("timeoutsmtpd", 1200)?.max(1);
+        let localiphost = files.line("localiphost")?.or_else(|| me.clone());
+        let rcpthosts = files.list("rcpthosts")?;
+        let badmailfrom = files.list("badmailfrom")?.unwrap_or_default();
+        let databytes = files.int("databytes", 0)?;
+        let timeoutsmtpd = files.int("timeoutsmtpd", 1200)?.max(1);
         Ok(SmtpdControls {
             me,
             smtpgreeting,

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::control::{parse_int, parse_line, ControlError, ReadResult};
+use crate::control::{ControlError, ReadResult, Reader};
 use crate::dns::{self, Destination, Query};
 use crate::smtp::client::{Delivery, Status};
 use crate::smtproutes::{Route, SmtpRoutes, SMTP_PORT};
@@ -30,31 +30,25 @@ impl RemoteControls {
     /// Loads the controls through `read(name)` (the file's bytes, `None`
     /// when absent); errors name the file and line.
     pub fn load_with(read: &mut dyn FnMut(&str) -> ReadResult) -> Result<Self, ControlError> {
-        let mut get = |name: &str| read(name).map_err(|e| ControlError::new(name, 0, e));
-        let mut line = |name: &str| match get(name)? {
-            Some(bytes) => parse_line(name, &bytes),
-            None => Ok(None),
-        };
-        let me = line("me")?;
-        let helohost = line("helohost")?
+        let mut files = Reader::new(read);
+        let me = files.line("me")?;
+        let helohost = files
+            .line("helohost")?
             .or(me)
             .ok_or_else(|| ControlError::new("me", 0, "neither helohost nor me is set"))?;
-        let outgoing_ip = match line("outgoingip")? {
+        let outgoing_ip = match files.line("outgoingip")? {
             Some(ip) => Some(ip.parse().map_err(|_| {
                 ControlError::new("outgoingip", 1, format!("not an IP address: {ip:?}"))
             })?),
             None => None,
         };
-        let mut seconds = |name: &str, default: u64| match get(name)? {
-            // 0 would time out at once; qmail's tools treat it as 1 too.
-            Some(bytes) => Ok(Duration::from_secs(
-                parse_int(name, &bytes)?.unwrap_or(default).max(1),
-            )),
-            None => Ok(Duration::from_secs(default)),
+        // 0 would time out at once; qmail's tools treat it as 1 too.
+        let mut seconds = |name: &str, default: u64| -> Result<Duration, ControlError> {
+            Ok(Duration::from_secs(files.int(name, default)?.max(1)))
         };
         let timeout_connect = seconds("timeoutconnect", 60)?;
         let timeout_remote = seconds("timeoutremote", 1200)?;
-        let routes = match get("smtproutes")? {
+        let routes = match files.bytes("smtproutes")? {
             Some(bytes) => SmtpRoutes::parse(&bytes)?,
             None => SmtpRoutes::default(),
         };
