@@ -40,7 +40,7 @@ install -m 0755 "$root/target/release/sqmail" "$bin"
 PORT=2525 "$here/setup_postfix.sh" >/dev/null
 postfix stop >/dev/null 2>&1 || true
 
-smtp-sink 127.0.0.1:$SINK 1000 &
+smtp-sink -u postfix 127.0.0.1:$SINK 1000 &
 sink=$!
 trap 'kill $sink 2>/dev/null || true; postfix stop >/dev/null 2>&1 || true' EXIT
 sleep 0.5
