@@ -17,6 +17,7 @@ import re
 
 ROOT = pathlib.Path(__file__).resolve().parent
 TRACES = ROOT.parent / "conformance" / "traces" / "smtp"
+CLIENT_TRACES = ROOT.parent / "conformance" / "traces" / "smtp-client"
 CORE = ROOT.parent / "core" / "src"
 CORPUS = ROOT / "corpus"
 
@@ -75,6 +76,31 @@ def client_writes(path):
     if cur is not None:
         writes.append(bytes(cur))
     return writes
+
+
+def client_seed(path):
+    """A client trace as smtp_client's input: a configuration byte, the
+    last @body, then the server's writes (consecutive S lines merged, `W:`
+    an empty write), each after 0xFF. `S: closed` ends the input."""
+    config, body, writes, cur = 0, b"Subject: test\n\nhello\n", [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("@mail"):
+            config |= (1 if len(line.split()) > 3 else 0) | (2 if " 8bit" in line else 0)
+        elif line.startswith("@body "):
+            body = unescape(line[6:])
+        s, raw = re.match(r"S: ?(.*)$", line), re.match(r"S~ ?(.*)$", line)
+        if (s and s.group(1) != "closed") or raw:
+            cur = bytearray() if cur is None else cur
+            cur += unescape(raw.group(1)) if raw else s.group(1).encode() + b"\r\n"
+            continue
+        if line.strip() and not line.startswith(("#", "@")) and cur is not None:
+            writes.append(bytes(cur))
+            cur = None
+        if line.startswith("W:"):
+            writes.append(b"")
+    if cur is not None:
+        writes.append(bytes(cur))
+    return bytes([config]) + body.replace(b"\xff", b"") + b"".join(b"\xff" + w for w in writes)
 
 
 def directives(path):
@@ -289,6 +315,8 @@ def main():
         files = [d.get("me", "mx.test.example"), "", "", d.get("rcpthosts", "").replace(" ", "\n"),
                  d.get("badmailfrom", "").replace(" ", "\n"), d.get("databytes", ""), d.get("timeout", "")]
         save("control", "\0".join(files).encode())
+    for path in sorted(CLIENT_TRACES.glob("*.trace")):
+        save("smtp_client", client_seed(path))
     for rules in [
         b"127.0.0.1:allow,RELAYCLIENT=\"\"\n:allow\n\0127.0.0.1\0localhost\0\0",
         b"10.0.0.0/8:allow,RELAYCLIENT=\"@gw\"\n=.example.com:deny\n::1:allow\n\x0010.1.2.3\0a.example.com\0ident\0D\0+A=b\0",

@@ -6,11 +6,16 @@
 //! the bare machine in memory, or the `sqmail` binary over a socket or as
 //! a ucspi child; every trace also runs with its input one byte per write.
 //!
+//! `traces/smtp-client/*.trace` turn the roles round: a scripted server,
+//! what our SMTP client must say to it and the qmail-remote reports it
+//! must give ([`client`]), run against the bare client machine.
+//!
 //! `traces/delivery/*.trace` go on past the dialog: what the bare machine
 //! queued is put into a real queue and delivered by the scheduler and
 //! local delivery on a virtual clock ([`delivery`]), with checks on the
 //! Maildirs, the bounces and qmail-send's log.
 
+pub mod client;
 pub mod delivery;
 pub mod machine;
 pub mod peers;

@@ -431,6 +431,11 @@ impl Trace {
 
 /// Every `*.trace` file under `dir`, sorted by name.
 pub fn load_dir(dir: &Path) -> Result<Vec<Trace>, TraceError> {
+    trace_paths(dir)?.iter().map(|p| Trace::load(p)).collect()
+}
+
+/// The `*.trace` files in `dir`, sorted.
+pub fn trace_paths(dir: &Path) -> Result<Vec<PathBuf>, TraceError> {
     let entries = std::fs::read_dir(dir).map_err(|e| TraceError {
         file: dir.to_path_buf(),
         line: 0,
@@ -441,7 +446,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Trace>, TraceError> {
         .filter(|p| p.extension().is_some_and(|x| x == "trace"))
         .collect();
     paths.sort();
-    paths.iter().map(|p| Trace::load(p)).collect()
+    Ok(paths)
 }
 
 struct Parser<'a> {

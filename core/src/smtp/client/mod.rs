@@ -357,7 +357,7 @@ impl Client {
         match what {
             Awaited::Greeting => {
                 if !reply.is_positive() {
-                    return self.fail_session_with(report::connected_but(
+                    return self.refuse_session(report::connected_but(
                         &reply,
                         peer,
                         "greeting failed",
@@ -378,7 +378,7 @@ impl Client {
             Awaited::Ehlo | Awaited::Helo if !reply.is_positive() => {
                 // qmail-remote defers whatever the code.
                 let text = report::connected_but(&reply, peer, "my name was rejected");
-                self.fail_session_with((Status::Temporary, text.1));
+                self.refuse_session((Status::Temporary, text.1));
             }
             Awaited::Ehlo | Awaited::Helo => self.opened(now),
             Awaited::Mail => self.on_mail(now, reply),
@@ -577,6 +577,14 @@ impl Client {
     fn fail_session_with(&mut self, failure: (Status, String)) {
         self.settle(failure);
         self.close();
+    }
+
+    /// The server refused the session itself (greeting, EHLO/HELO): QUIT
+    /// before closing, as qmail-remote does and as RFC 5321 section 3.1
+    /// expects of a client greeted with 554.
+    fn refuse_session(&mut self, failure: (Status, String)) {
+        self.transmit.extend_from_slice(b"QUIT\r\n");
+        self.fail_session_with(failure);
     }
 
     fn fail_session(&mut self, text: String) {
