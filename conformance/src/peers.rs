@@ -114,14 +114,23 @@ impl Postfix {
             main_cf.push('\n');
         }
         std::fs::write(self.dir.join("etc/main.cf"), main_cf).unwrap();
-        // Debian's master.cf, with the SMTP listener on our port and no
-        // service chrooted (a chroot would need resolver files copied).
-        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+        // Debian's master.cf as shipped (the live one may be edited, e.g.
+        // by bench/setup_postfix.sh), with the SMTP listener on our port
+        // and no service chrooted (a chroot would need resolver files).
+        let master = [
+            "/usr/share/postfix/master.cf.dist",
+            "/etc/postfix/master.cf.proto",
+        ]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .or_else(|| std::fs::read_to_string("/etc/postfix/master.cf").ok())
+        .expect("no Postfix master.cf to start from");
         let master: String = master
             .lines()
             .map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                if fields.first() == Some(&"smtp") && fields.get(1) == Some(&"inet") {
+                let service = !line.starts_with('#');
+                if service && fields.get(1) == Some(&"inet") && fields.last() == Some(&"smtpd") {
                     format!("127.0.0.1:{} inet n - n - - smtpd\n", self.port)
                 } else if fields.len() >= 8 && !line.starts_with([' ', '\t', '#']) {
                     let mut f = fields.clone();
