@@ -422,14 +422,22 @@ impl Client {
 
     fn start(&mut self, now: Instant, envelope: Envelope) {
         let peer = self.config.peer;
-        if let Some(limit) = self.extensions.size.filter(|&l| l > 0) {
-            if envelope.size > limit {
-                let text = report::too_big(peer, limit);
-                self.events
-                    .push_back(ClientEvent::Done(Delivery::whole(Status::Permanent, text)));
-                self.events.push_back(ClientEvent::Ready);
-                return;
-            }
+        let too_big = self.extensions.size.filter(|&l| l > 0 && envelope.size > l);
+        // A line break in an address would end the command early and let
+        // the rest be read as commands (injected from a queued address).
+        let unsendable = std::iter::once(&envelope.sender)
+            .chain(&envelope.recipients)
+            .any(|a| a.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)));
+        let refusal = match (too_big, unsendable) {
+            (_, true) => Some(report::unsendable_address()),
+            (Some(limit), false) => Some(report::too_big(peer, limit)),
+            (None, false) => None,
+        };
+        if let Some(text) = refusal {
+            self.events
+                .push_back(ClientEvent::Done(Delivery::whole(Status::Permanent, text)));
+            self.events.push_back(ClientEvent::Ready);
+            return;
         }
         self.phase = Phase::Transaction;
         let mut mail = b"MAIL FROM:<".to_vec();

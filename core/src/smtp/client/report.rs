@@ -128,3 +128,8 @@ pub(super) fn too_big(peer: IpAddr, limit: u64) -> String {
         "Connected to {peer} but the message is bigger than its limit of {limit} bytes. (#5.3.4)\n"
     )
 }
+
+pub(super) fn unsendable_address() -> String {
+    "Sorry, an address of this message has a line break or NUL, which SMTP cannot carry. (#5.1.3)\n"
+        .into()
+}

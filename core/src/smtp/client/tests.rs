@@ -198,6 +198,20 @@ fn a_message_over_the_servers_size_fails_unsent() {
 }
 
 #[test]
+fn an_address_with_a_line_break_is_never_sent() {
+    let mut h = Host::new(b"x\n");
+    h.client
+        .send(h.now, envelope(&["a@x>\r\nRCPT TO:<evil@y"], 2))
+        .unwrap();
+    h.server("220 hi\r\n250 mx\r\n");
+    assert_eq!(h.said(), "EHLO me.example\r\n");
+    let d = &h.deliveries()[0];
+    assert_eq!(d.message.0, Status::Permanent);
+    assert!(d.message.1.ends_with("(#5.1.3)\n"));
+    assert_eq!(h.events.last(), Some(&ClientEvent::Ready));
+}
+
+#[test]
 fn a_refused_sender_then_rset_and_the_next_message() {
     let mut h = Host::new(b"x\n");
     h.client.send(h.now, envelope(&["a@x"], 2)).unwrap();
