@@ -267,6 +267,35 @@ fn overlong_lines_are_refused_and_skipped() {
     assert_eq!(s.codes(), [220, 500, 250, 500]);
 }
 
+/// Fuzz regression (smtp_server): a line of exactly `max_line` bytes sent
+/// in pieces was refused once its CR had arrived without its LF, though
+/// taken when sent whole.
+#[test]
+fn a_line_of_max_line_bytes_is_taken_however_split() {
+    let mut line = b"NOOP ".to_vec();
+    line.resize(20, b'x');
+    line.extend_from_slice(b"\r\n");
+    for split in [None, Some(21), Some(20), Some(1)] {
+        let mut config = Config::new("mx");
+        config.max_line = 20;
+        let mut s = Session::new(config);
+        match split {
+            None => {
+                s.send(&line);
+            }
+            Some(1) => line.iter().for_each(|b| {
+                s.send(&[*b]);
+            }),
+            Some(at) => {
+                s.send(&line[..at]).send(&line[at..]);
+            }
+        }
+        // One byte more is too long, however split.
+        s.send(b"NOOP 1234567890123456\r").send(b"\n");
+        assert_eq!(s.codes(), [220, 250, 500], "split at {split:?}");
+    }
+}
+
 #[test]
 fn too_many_errors_close_the_session() {
     let mut config = Config::new("mx");
@@ -428,6 +457,39 @@ proptest! {
         prop_assert_eq!(&whole, &run_chunks(&chunks));
         let bytes: Vec<&[u8]> = input.chunks(1).collect();
         prop_assert_eq!(&whole, &run_chunks(&bytes));
+    }
+
+    /// Lines around `max_line`, split anywhere (byte by byte included),
+    /// get the same replies as sent whole.
+    #[test]
+    fn split_invariance_at_the_line_limit(
+        input in prop::collection::vec(prop::sample::select(vec![
+            &b"NOOP"[..], b" ", b"x", b"xxxx", b"\r", b"\n", b"\r\n", b"RSET\r\n",
+        ]), 0..30).prop_map(|v| v.concat()),
+        cuts in prop::collection::vec(any::<usize>(), 0..8),
+    ) {
+        let run = |chunks: &[&[u8]]| {
+            let mut config = Config::new("mx");
+            config.max_line = 10;
+            config.max_errors = 1000;
+            let mut s = Session::new(config);
+            for chunk in chunks {
+                s.send(chunk);
+            }
+            (s.out, s.closed)
+        };
+        let whole = run(&[&input]);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (input.len() + 1)).collect();
+        points.sort();
+        let mut chunks = Vec::new();
+        let mut last = 0;
+        for p in points.into_iter().chain([input.len()]) {
+            chunks.push(&input[last..p]);
+            last = p;
+        }
+        prop_assert_eq!(&whole, &run(&chunks));
+        let bytes: Vec<&[u8]> = input.chunks(1).collect();
+        prop_assert_eq!(&whole, &run(&bytes));
     }
 
     /// Arbitrary bytes never panic the machine and never grow its buffers

@@ -20,7 +20,9 @@
 //! preprocessing is durable, on a held channel, or for a recipient whose
 //! `D` mark is durable or whose result is being marked (copies of one
 //! address counted); in flight never exceeds a channel's concurrency and
-//! matches the host's count; a `MarkDone` names a recipient not yet done;
+//! matches the host's count, a slot being held from the start until a
+//! deferral or until the `D` mark is durable (README "Done marks are
+//! durable"); a `MarkDone` names a recipient not yet done;
 //! a bounce is asked for only when every recipient is durably done, and
 //! reports exactly the failures on disk; a message is removed only when
 //! every recipient is durably done and its bounce went (or was discarded:
@@ -97,6 +99,9 @@ struct Host {
     held: BTreeSet<MessageId>,
     /// Writes asked for and not answered.
     writes: Vec<Action>,
+    /// Writes answered `WriteFailed` that the machine has not asked for
+    /// again yet (it does after `RETRY_WRITE_SECS`, with the same ticket).
+    failed: Vec<Action>,
     bounces: Vec<BounceRequest>,
     deliveries: Vec<(u64, MessageId, Channel, Vec<u8>)>,
     /// Per (message, channel, address): deliveries started and not yet
@@ -126,6 +131,7 @@ impl Host {
             disk: BTreeMap::new(),
             held: BTreeSet::new(),
             writes: vec![],
+            failed: vec![],
             bounces: vec![],
             deliveries: vec![],
             busy: HashMap::new(),
@@ -145,9 +151,23 @@ impl Host {
         while let Some(a) = self.s.poll_action() {
             self.route(a);
         }
+        // A slot is taken from a delivery's start until its result is a
+        // deferral or its `D` mark is durable (`Written`): running
+        // deliveries plus marks asked for, or failed and not asked again.
         for c in Channel::ALL {
-            let n = self.deliveries.iter().filter(|d| d.2 == c).count();
-            assert_eq!(n, self.s.in_flight(c), "{c:?} in flight");
+            let running = self.deliveries.iter().filter(|d| d.2 == c).count();
+            let marking = self
+                .writes
+                .iter()
+                .chain(&self.failed)
+                .filter(|w| matches!(w, Action::MarkDone { channel, .. } if *channel == c))
+                .count();
+            let n = running + marking;
+            assert_eq!(
+                n,
+                self.s.in_flight(c),
+                "{c:?} in flight ({running} running, {marking} marking)"
+            );
             assert!(
                 n <= self.cfg.concurrency[c as usize],
                 "{c:?} over its limit"
@@ -168,7 +188,7 @@ impl Host {
         match a {
             Action::Preprocess { id, .. } => {
                 assert!(self.todo.contains_key(&id) && !self.disk.contains_key(&id));
-                self.writes.push(a);
+                self.push_write(a);
             }
             Action::StartDelivery {
                 delivery,
@@ -206,7 +226,7 @@ impl Host {
                 assert!(!done, "MarkDone for a recipient already done");
                 let busy = self.busy.get(&(id, channel, addr.clone())).copied();
                 assert!(busy.unwrap_or(0) > 0, "MarkDone with no delivery behind it");
-                self.writes.push(a);
+                self.push_write(a);
             }
             Action::InjectBounce(b) => {
                 let m = &self.disk[&b.id];
@@ -222,7 +242,10 @@ impl Host {
                 if m.sender.is_empty() {
                     assert!(b.double && b.envelope_sender == b"#@[]");
                 } else {
-                    assert!(!b.double && b.recipient == m.sender && b.envelope_sender.is_empty());
+                    // qmail's injectbounce: owner-@host-@[] (VERP) →
+                    // owner-@host.
+                    let to = m.sender.strip_suffix(b"-@[]").unwrap_or(&m.sender);
+                    assert!(!b.double && b.recipient == to && b.envelope_sender.is_empty());
                 }
                 assert!(
                     self.bounces.iter().all(|o| o.id != b.id),
@@ -236,10 +259,21 @@ impl Host {
                 let discarded = m.sender == b"#@[]"
                     || (m.sender.is_empty() && self.cfg.doublebounceto.is_empty());
                 assert!(m.bounces.is_empty() || discarded, "bounce lost: {m:?}");
-                self.writes.push(a);
+                self.push_write(a);
             }
             Action::Log(l) => assert!(!l.contains('\n'), "{l:?}"),
         }
+    }
+
+    /// A write asked for, first or again after a failure (same ticket).
+    fn push_write(&mut self, w: Action) {
+        let t = ticket_of(&w);
+        assert!(
+            self.writes.iter().all(|o| ticket_of(o) != t),
+            "a write asked again while outstanding"
+        );
+        self.failed.retain(|f| ticket_of(f) != t);
+        self.writes.push(w);
     }
 
     /// Makes a write durable (without telling the machine).
@@ -325,7 +359,9 @@ impl Host {
             return;
         }
         let w = self.writes.remove(k % self.writes.len());
-        self.handle(Input::WriteFailed(ticket_of(&w)));
+        let ticket = ticket_of(&w);
+        self.failed.push(w);
+        self.handle(Input::WriteFailed(ticket));
     }
 
     fn finish(&mut self, k: usize, outcome: Outcome, report: Vec<u8>) {
@@ -422,6 +458,7 @@ impl Host {
             }
         }
         self.deliveries.clear();
+        self.failed.clear();
         self.busy.clear();
         self.max_ticket = 0;
         self.held = self.disk.keys().chain(self.todo.keys()).copied().collect();

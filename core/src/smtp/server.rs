@@ -329,7 +329,12 @@ impl Server {
                         i + 1
                     }
                     None => {
-                        if rest.len() > self.config.max_line {
+                        // The limit is without the line ending: a CR last
+                        // may be the start of CRLF, so it does not count
+                        // yet (or a line of exactly `max_line` split before
+                        // its LF would be refused and taken whole).
+                        let partial = rest.strip_suffix(b"\r").unwrap_or(rest);
+                        if partial.len() > self.config.max_line {
                             self.overlong = true;
                             rest.len()
                         } else {

@@ -133,7 +133,8 @@ impl Scheduler {
         &self.config
     }
 
-    /// Deliveries started and not yet answered on `channel`.
+    /// Slots taken on `channel`: deliveries started and not yet answered,
+    /// plus successes and failures whose `D` mark is not durable yet.
     pub fn in_flight(&self, channel: Channel) -> usize {
         self.in_flight[channel as usize]
     }
