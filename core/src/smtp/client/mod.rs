@@ -158,6 +158,9 @@ pub struct Client {
     txn: Option<Transaction>,
     body: BodyEncoder,
     deadline: Option<Instant>,
+    /// The host asked to QUIT while replies were outstanding: QUIT goes
+    /// out when the session is next idle, never before a command it owes.
+    quit_wanted: bool,
 }
 
 impl Client {
@@ -175,6 +178,7 @@ impl Client {
             txn: None,
             body: BodyEncoder::default(),
             deadline: None,
+            quit_wanted: false,
         };
         client.progress(now);
         client
@@ -193,6 +197,7 @@ impl Client {
         !matches!(self.phase, Phase::Closed | Phase::Quitting | Phase::Data)
             && self.txn.is_none()
             && self.queued.is_none()
+            && !self.quit_wanted
     }
 
     pub fn transmit(&self) -> &[u8] {
@@ -276,7 +281,11 @@ impl Client {
         Ok(())
     }
 
-    /// Ends the session politely: QUIT, then Closed on its reply.
+    /// Ends the session politely: QUIT, then Closed on its reply. With
+    /// replies still awaited (the greeting, a transaction under way, an
+    /// RSET), QUIT waits for them, so no command the session owes follows
+    /// it; an envelope not yet started is not sent, and ends as a dead
+    /// connection.
     pub fn quit(&mut self, now: Instant) {
         if matches!(self.phase, Phase::Closed | Phase::Quitting) {
             return;
@@ -284,6 +293,10 @@ impl Client {
         if self.phase == Phase::Data {
             // Never QUIT inside DATA: that would be message text.
             self.close();
+            return;
+        }
+        if !self.awaited.is_empty() {
+            self.quit_wanted = true;
             return;
         }
         self.phase = Phase::Quitting;
@@ -414,6 +427,9 @@ impl Client {
             return;
         }
         self.phase = Phase::Ready;
+        if self.quit_wanted {
+            return self.quit(now);
+        }
         match self.queued.take() {
             Some(envelope) => self.start(now, envelope),
             None => self.events.push_back(ClientEvent::Ready),

@@ -431,3 +431,47 @@ proptest! {
         prop_assert!(h.client.is_closed());
     }
 }
+
+#[test]
+fn quit_with_a_transaction_in_flight_waits_for_it_and_sends_nothing_after() {
+    let mut h = Host::new(b"x\n");
+    h.client.send(h.now, envelope(&["a@x"], 2)).unwrap();
+    h.server("220 hi\r\n250 mx\r\n");
+    assert_eq!(
+        h.said(),
+        "EHLO me.example\r\nMAIL FROM:<joe@me.example>\r\n"
+    );
+    h.client.quit(h.now);
+    h.pump();
+    assert!(!h.client.is_reusable());
+    h.server("250 ok\r\n");
+    h.server("250 ok\r\n");
+    h.server("354 go\r\n");
+    assert_eq!(h.said(), "RCPT TO:<a@x>\r\nDATA\r\nx\r\n.\r\n");
+    h.server("250 ok\r\n");
+    assert_eq!(h.said(), "QUIT\r\n");
+    assert_eq!(h.deliveries()[0].message.0, Status::Accepted);
+    h.server("221 bye\r\n");
+    assert!(h.client.is_closed());
+    assert_eq!(h.deliveries().len(), 1);
+    assert!(!h.events.contains(&ClientEvent::Ready));
+}
+
+#[test]
+fn quit_before_the_greeting_sends_no_ehlo_after_it() {
+    let mut h = Host::new(b"x\n");
+    h.client.send(h.now, envelope(&["a@x"], 2)).unwrap();
+    h.client.quit(h.now);
+    h.pump();
+    assert_eq!(h.said(), "");
+    h.server("220 hi\r\n");
+    assert_eq!(h.said(), "EHLO me.example\r\n");
+    h.server("250 mx\r\n");
+    // The envelope waiting is not started: the session only quits.
+    assert_eq!(h.said(), "QUIT\r\n");
+    h.server("221 bye\r\n");
+    assert!(h.client.is_closed());
+    let d = h.deliveries();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].message.0, Status::Temporary);
+}
