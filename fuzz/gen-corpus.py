@@ -316,7 +316,12 @@ def main():
                  d.get("badmailfrom", "").replace(" ", "\n"), d.get("databytes", ""), d.get("timeout", "")]
         save("control", "\0".join(files).encode())
     for path in sorted(CLIENT_TRACES.glob("*.trace")):
-        save("smtp_client", client_seed(path))
+        seed = client_seed(path)
+        save("smtp_client", seed)
+        # The host quitting early: after the greeting, after EHLO's reply,
+        # after the first reply of the transaction.
+        for at in (0, 1, 2):
+            save("smtp_client", bytes([seed[0] | 8 | at << 4]) + seed[1:])
     for rules in [
         b"127.0.0.1:allow,RELAYCLIENT=\"\"\n:allow\n\0127.0.0.1\0localhost\0\0",
         b"10.0.0.0/8:allow,RELAYCLIENT=\"@gw\"\n=.example.com:deny\n::1:allow\n\x0010.1.2.3\0a.example.com\0ident\0D\0+A=b\0",

@@ -4,7 +4,8 @@
 //! whole on `WantBody`.
 //!
 //! Input: one configuration byte (bit 0: two recipients; bit 1: 8-bit
-//! message; bit 2: a big SIZE), then the message up to the first `0xFF`,
+//! message; bit 2: a big SIZE; bit 3: the host quits early, after the
+//! server's write number `config >> 4`, whatever the session is doing), then the message up to the first `0xFF`,
 //! then the server's writes separated by `0xFF`; an empty write stands for
 //! a server silent past the timeout. `fuzz/gen-corpus.py` writes the
 //! client traces in this form.
@@ -12,7 +13,7 @@
 //! Invariants: no panic; what the client sends stays within a bound set by
 //! the server's lines and the message; reports are bounded; every envelope
 //! handed over gets exactly one Delivery; the session ends closed after
-//! the server's end of stream; feeding each write one byte at a time gives
+//! the server's end of stream; no command follows QUIT; feeding each write one byte at a time gives
 //! the same bytes sent and the same events.
 
 #![no_main]
@@ -30,7 +31,17 @@ const ENVELOPES: usize = 3;
 #[derive(Debug, PartialEq, Eq)]
 struct Run {
     sent: Vec<u8>,
+    /// What was sent outside the message (commands and a lone dot).
+    commands: Vec<u8>,
     events: Vec<ClientEvent>,
+}
+
+fn take_transmit(client: &mut Client, now: Instant, into: &mut [&mut Vec<u8>]) {
+    let n = client.transmit().len();
+    for out in into.iter_mut() {
+        out.extend_from_slice(client.transmit());
+    }
+    client.advance_transmit(now, n);
 }
 
 fn envelope(config: u8, message: &[u8]) -> Envelope {
@@ -41,7 +52,11 @@ fn envelope(config: u8, message: &[u8]) -> Envelope {
     Envelope {
         sender: b"a@me.example".to_vec(),
         recipients,
-        size: if config & 4 != 0 { 1 << 40 } else { message.len() as u64 },
+        size: if config & 4 != 0 {
+            1 << 40
+        } else {
+            message.len() as u64
+        },
         eight_bit: config & 2 != 0,
     }
 }
@@ -57,43 +72,56 @@ fn run(config: u8, message: &[u8], writes: &[&[u8]], bytewise: bool) -> Run {
     let mut client = Client::new(Arc::new(client_config), now);
     let mut left = ENVELOPES - 1;
     let mut handed = 1;
-    client.send(now, envelope(config, message)).expect("first send");
+    client
+        .send(now, envelope(config, message))
+        .expect("first send");
     let mut run = Run {
         sent: Vec::new(),
+        commands: Vec::new(),
         events: Vec::new(),
     };
+    let quit_after = (config & 8 != 0).then_some(usize::from(config >> 4));
     let mut lines = 0usize;
 
-    let drive = |client: &mut Client, run: &mut Run, left: &mut usize, handed: &mut usize, now: Instant| {
-        while let Some(event) = client.poll_event() {
-            match &event {
-                // Stale when later input in the same call closed the session.
-                ClientEvent::WantBody if client.wants_body() => {
-                    client.body(now, message).expect("body while wants_body");
-                    client.end_body(now).expect("end_body while wants_body");
+    let drive =
+        |client: &mut Client, run: &mut Run, left: &mut usize, handed: &mut usize, now: Instant| {
+            while let Some(event) = client.poll_event() {
+                match &event {
+                    // Stale when later input in the same call closed the session.
+                    ClientEvent::WantBody if client.wants_body() => {
+                        take_transmit(client, now, &mut [&mut run.sent, &mut run.commands]);
+                        client.body(now, message).expect("body while wants_body");
+                        client.end_body(now).expect("end_body while wants_body");
+                        take_transmit(client, now, &mut [&mut run.sent]);
+                    }
+                    ClientEvent::WantBody => {
+                        assert!(client.is_closed(), "WantBody, yet no body taken")
+                    }
+                    ClientEvent::Ready if *left > 0 => {
+                        *left -= 1;
+                        *handed += 1;
+                        client
+                            .send(now, envelope(config, message))
+                            .expect("send on Ready");
+                    }
+                    ClientEvent::Ready => client.quit(now),
+                    ClientEvent::Done(d) => {
+                        let bound = (d.recipients.len() + 1) * (MAX_TEXT + 256);
+                        assert!(
+                            d.report().len() <= bound,
+                            "report of {} bytes",
+                            d.report().len()
+                        );
+                    }
+                    ClientEvent::Closed => {}
                 }
-                ClientEvent::WantBody => assert!(client.is_closed(), "WantBody, yet no body taken"),
-                ClientEvent::Ready if *left > 0 => {
-                    *left -= 1;
-                    *handed += 1;
-                    client.send(now, envelope(config, message)).expect("send on Ready");
-                }
-                ClientEvent::Ready => client.quit(now),
-                ClientEvent::Done(d) => {
-                    let bound = (d.recipients.len() + 1) * (MAX_TEXT + 256);
-                    assert!(d.report().len() <= bound, "report of {} bytes", d.report().len());
-                }
-                ClientEvent::Closed => {}
+                run.events.push(event);
             }
-            run.events.push(event);
-        }
-        let n = client.transmit().len();
-        run.sent.extend_from_slice(client.transmit());
-        client.advance_transmit(now, n);
-    };
+            take_transmit(client, now, &mut [&mut run.sent, &mut run.commands]);
+        };
 
     drive(&mut client, &mut run, &mut left, &mut handed, now);
-    for write in writes {
+    for (i, write) in writes.iter().enumerate() {
         if write.is_empty() {
             now += timeout;
             client.handle_timeout(now);
@@ -107,15 +135,39 @@ fn run(config: u8, message: &[u8], writes: &[&[u8]], bytewise: bool) -> Run {
         // Each reply line makes at most a few commands; the message goes
         // out at most once an envelope, at most doubled by dot-stuffing.
         let bound = ENVELOPES * (2 * message.len() + 8) + 256 * (lines + 2);
-        assert!(run.sent.len() <= bound, "sent {} bytes, bound {bound}", run.sent.len());
+        assert!(
+            run.sent.len() <= bound,
+            "sent {} bytes, bound {bound}",
+            run.sent.len()
+        );
+        if quit_after == Some(i) {
+            client.quit(now);
+            drive(&mut client, &mut run, &mut left, &mut handed, now);
+        }
         now += Duration::from_secs(1);
     }
     client.handle_eof(now);
     drive(&mut client, &mut run, &mut left, &mut handed, now);
     assert!(client.is_closed(), "end of stream must close the session");
-    let done = run.events.iter().filter(|e| matches!(e, ClientEvent::Done(_))).count();
+    let done = run
+        .events
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Done(_)))
+        .count();
     assert_eq!(done, handed, "every envelope gets exactly one Delivery");
+    if let Some(at) = find(&run.commands, b"QUIT\r\n") {
+        let after = &run.commands[at + 6..];
+        assert!(
+            after.is_empty(),
+            "sent {:?} after QUIT",
+            String::from_utf8_lossy(after)
+        );
+    }
     run
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 fuzz_target!(|data: &[u8]| {
