@@ -370,11 +370,10 @@ impl Client {
         match what {
             Awaited::Greeting => {
                 if !reply.is_positive() {
-                    return self.refuse_session(report::connected_but(
-                        &reply,
-                        peer,
-                        "greeting failed",
-                    ));
+                    // qmail-remote defers whatever the code: a 554 from
+                    // one MX (or a transient one) must not bounce mail.
+                    let text = report::connected_but(&reply, peer, "greeting failed");
+                    return self.refuse_session((Status::Temporary, text.1));
                 }
                 let helo = format!("EHLO {}", self.config.helo);
                 self.command(now, helo.as_bytes(), Awaited::Ehlo);

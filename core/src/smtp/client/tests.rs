@@ -159,9 +159,10 @@ fn ehlo_refused_falls_back_to_helo() {
 }
 
 #[test]
-fn a_refused_greeting_fails_the_envelope_and_closes() {
+fn a_refused_greeting_defers_the_envelope_and_closes() {
+    // qmail-remote: `if (smtpcode() != 220) quit("ZConnected to ...`
     for (greeting, status, letter) in [
-        ("554 no\r\n", Status::Permanent, b'D'),
+        ("554 no\r\n", Status::Temporary, b'Z'),
         ("421 busy\r\n", Status::Temporary, b'Z'),
     ] {
         let mut h = Host::new(b"x\n");
