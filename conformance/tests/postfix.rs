@@ -17,7 +17,10 @@
 //! there accepted, relaying elsewhere refused with `reject_unauth_destination`;
 //! no `@rcpthosts` accepts every recipient: mynetworks = loopback),
 //! `@relayclient` (no suffix) mynetworks = loopback, `@databytes` message_size_limit,
-//! `@max-recipients` smtpd_recipient_limit. Traces with other setup
+//! `@max-recipients` smtpd_recipient_limit. The instance does not tarpit
+//! (`smtpd_error_sleep_time = 0`) and offers no CHUNKING
+//! (`smtpd_discard_ehlo_keywords = chunking`), as sqmail does not: a trace's
+//! `BDAT` is then refused at once rather than waiting for its chunk. Traces with other setup
 //! (`@relayclient SUFFIX`, `@badmailfrom`, `@localiphost`, `@timeout`,
 //! `@max-errors`, `@max-line`, other addresses) or waits (`W:`) are skipped,
 //! and the reason printed.
@@ -224,6 +227,7 @@ impl Postfix {
              smtp_dns_support_level = disabled\n\
              smtpd_peername_lookup = no\n\
              smtpd_error_sleep_time = 0\n\
+             smtpd_discard_ehlo_keywords = chunking\n\
              biff = no\n\
              master_service_disable =\n",
             root = root.display(),
@@ -353,20 +357,28 @@ fn replay(trace: &Trace, how: CodeMatch, port: u16) -> Result<Vec<String>, Strin
                     break;
                 }
             }
-            Action::Reply { code, .. } => match wire.next()? {
-                Got::Reply(got, _) if how.agrees(*code, got) => {}
-                Got::Reply(_, text) => {
+            Action::Reply { code, .. } => match wire.next() {
+                Err(e) => {
+                    diffs.push(format!("line {at}: expected {code}, {e}"));
+                    break;
+                }
+                Ok(Got::Reply(got, _)) if how.agrees(*code, got) => {}
+                Ok(Got::Reply(_, text)) => {
                     diffs.push(format!("line {at}: expected {code}, Postfix: {text}"))
                 }
-                Got::Closed => {
+                Ok(Got::Closed) => {
                     diffs.push(format!("line {at}: expected {code}, Postfix closed"));
                     closed = true;
                     break;
                 }
             },
-            Action::Closed => match wire.next()? {
-                Got::Closed => closed = true,
-                Got::Reply(_, text) => {
+            Action::Closed => match wire.next() {
+                Err(e) => {
+                    diffs.push(format!("line {at}: expected the close, {e}"));
+                    break;
+                }
+                Ok(Got::Closed) => closed = true,
+                Ok(Got::Reply(_, text)) => {
                     diffs.push(format!("line {at}: expected the close, Postfix: {text}"));
                     break;
                 }
