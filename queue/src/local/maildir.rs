@@ -1,9 +1,14 @@
-//! Maildir delivery (maildir(5)): write into `tmp/` under a unique name,
-//! fsync, link into `new/` (rename where links are not supported), fsync
-//! `new/`. Readers never see a partial message and nothing is locked.
+//! Maildir delivery (maildir(5)): write the message where no reader looks
+//! (an anonymous file in `tmp/`'s filesystem, or a unique name in `tmp/`
+//! where the system has no `O_TMPFILE`), fsync, link it into `new/` under a
+//! unique name, fsync `new/`. Readers never see a partial message and
+//! nothing is locked.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +61,79 @@ pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), 
     if !tmpdir.is_dir() || !newdir.is_dir() {
         return Err("Unable to chdir to maildir. (#4.2.1)".into());
     }
+    let linked = match anonymous_file(&tmpdir) {
+        Ok(file) => link_anonymous(&write(file, head, message)?, &newdir)?,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            false
+        }
+        Err(e) => return Err(temp(e)),
+    };
+    if !linked {
+        through_tmp(&tmpdir, &newdir, head, message)?;
+    }
+    File::open(&newdir).and_then(|d| d.sync_all()).map_err(temp)
+}
+
+/// A file in `tmpdir`'s filesystem with no name yet (`O_TMPFILE`): a crash
+/// leaves nothing in `tmp/` to clean, and creating it takes no lock on
+/// `tmp/`, for which concurrent deliveries to one Maildir would queue.
+fn anonymous_file(tmpdir: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(tmpdir)
+}
+
+/// Give the written, fsynced anonymous `file` a unique name in `new/`.
+/// False if this system cannot (no `/proc`): deliver through `tmp/` then.
+fn link_anonymous(file: &File, newdir: &Path) -> Result<bool, String> {
+    // Linking by descriptor (AT_EMPTY_PATH) needs a capability; the /proc
+    // path to the descriptor does not.
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let proc = CString::new(proc).map_err(|_| temp(io::ErrorKind::InvalidInput.into()))?;
+    let mut tries = 0;
+    loop {
+        let new = newdir.join(unique_name());
+        let new = CString::new(new.into_os_string().into_vec())
+            .map_err(|_| temp(io::ErrorKind::InvalidInput.into()))?;
+        // SAFETY: both are valid C strings; AT_FDCWD with absolute or
+        // relative paths is what linkat expects.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                proc.as_ptr(),
+                libc::AT_FDCWD,
+                new.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EEXIST) if tries < 2 => tries += 1,
+            Some(libc::EINTR) => {}
+            Some(libc::ENOENT) if !Path::new("/proc/self/fd").is_dir() => return Ok(false),
+            _ => return Err(temp(e)),
+        }
+    }
+}
+
+/// maildir(5) as written: a unique name in `tmp/`, then a link into `new/`
+/// (rename where links are not supported) and the `tmp/` name removed.
+pub(super) fn through_tmp(
+    tmpdir: &Path,
+    newdir: &Path,
+    head: &[&[u8]],
+    message: &Path,
+) -> Result<(), String> {
     let mut tries = 0;
     let (name, file) = loop {
         let name = unique_name();
@@ -71,7 +149,7 @@ pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), 
         }
     };
     let tmp = tmpdir.join(&name);
-    let result = write(file, head, message).and_then(|()| {
+    let result = write(file, head, message).and_then(|_| {
         let new = newdir.join(&name);
         match fs::hard_link(&tmp, &new) {
             Ok(()) => {
@@ -90,14 +168,14 @@ pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), 
             Err(e) => Err(temp(e)),
         }
     });
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = fs::remove_file(&tmp);
-        return Err(e);
     }
-    File::open(&newdir).and_then(|d| d.sync_all()).map_err(temp)
+    result
 }
 
-fn write(file: File, head: &[&[u8]], message: &Path) -> Result<(), String> {
+/// Write the new header lines and the message, and fsync.
+fn write(file: File, head: &[&[u8]], message: &Path) -> Result<File, String> {
     let mut msg = File::open(message).map_err(read_err)?;
     let mut out = BufWriter::new(file);
     for h in head {
@@ -105,7 +183,8 @@ fn write(file: File, head: &[&[u8]], message: &Path) -> Result<(), String> {
     }
     copy(&mut msg, &mut out)?;
     let file = out.into_inner().map_err(|e| temp(e.into_error()))?;
-    file.sync_all().map_err(temp)
+    file.sync_all().map_err(temp)?;
+    Ok(file)
 }
 
 /// Copy keeping read and write errors apart (they get different reports).

@@ -86,6 +86,18 @@ fn maildir_default_delivery_and_unique_names() {
 }
 
 #[test]
+fn maildir_without_o_tmpfile_goes_through_tmp() {
+    // Where the filesystem has no O_TMPFILE (or no /proc), the classic
+    // route: the same file in new/, nothing left in tmp/.
+    let s = setup();
+    let dir = s.home.join("Maildir");
+    let head: &[&[u8]] = &[b"X-Head: 1\n"];
+    maildir::through_tmp(&dir.join("tmp"), &dir.join("new"), head, &s.message).unwrap();
+    assert_eq!(s.maildir_new(), vec![[&b"X-Head: 1\n"[..], MSG].concat()]);
+    assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+}
+
+#[test]
 fn missing_maildir_defers() {
     let s = setup();
     s.dotqmail(".qmail", "./Nope/\n");
