@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqmail_core::bounce;
 
 use crate::envelope::QueueEnvelope;
-use crate::scheduler::{Channel, Failure, MessageId, OnDisk};
+use crate::scheduler::{Channel, Failure, Mark, MessageId, OnDisk};
 use crate::spare::{unlink, Spares};
 use crate::store::{open_split, MAX_SPLIT};
 use crate::sys;
@@ -279,17 +279,20 @@ impl Spool {
     }
 
     /// Preprocess: write `info/N` (`F<sender>\0`, mtime `birth`), then
-    /// `local/N` and `remote/N` (`T<addr>\0` each; no file for an empty
-    /// list), each fsynced, and the directories that changed; only then
-    /// remove `todo/N` and `intd/N` and fsync `todo/`. Until `todo/N` is
-    /// gone, [`Spool::recover`] ignores the other files, so a crash anywhere
-    /// here means preprocessing again from scratch.
+    /// `local/N` and `remote/N` (`T<addr>\0` each, `D<addr>\0` for those
+    /// in `done`; no file for an empty list), each fsynced, and the
+    /// directories that changed; only then remove `todo/N` and `intd/N`
+    /// and fsync `todo/`. Until `todo/N` is gone, [`Spool::recover`]
+    /// ignores the other files, so a crash anywhere here means
+    /// preprocessing again from scratch; so a `bounce/N` found first is an
+    /// earlier attempt's and goes, and `done`'s failures make a new one.
     pub fn preprocess(
         &self,
         id: MessageId,
         sender: &[u8],
         birth: u64,
         recipients: &[Vec<Vec<u8>>; 2],
+        done: &[Mark],
     ) -> io::Result<()> {
         let mut addrs =
             std::iter::once(sender).chain(recipients.iter().flatten().map(Vec::as_slice));
@@ -302,6 +305,10 @@ impl Spool {
         }
         let info = self.file(Dir::Info, id);
         let birth = system_time(birth).map_err(ctx(&info))?;
+        self.remove_bounce(id)?;
+        for failure in done.iter().filter_map(|m| m.failure.as_ref()) {
+            self.append_bounce(id, failure)?;
+        }
         let mut changed = Vec::new();
         if self.write_file(&info, &[b"F", sender, b"\0"].concat(), Some(birth))? {
             changed.push(Dir::Info);
@@ -312,10 +319,14 @@ impl Spool {
             let list = &recipients[channel as usize];
             // A stale file from an earlier attempt must not survive with
             // recipients this pass did not give it.
+            let marked = done
+                .iter()
+                .filter(|m| m.channel == channel)
+                .map(|m| m.index);
             let touched_dir = if list.is_empty() {
                 self.discard(&path)?
             } else {
-                self.write_file(&path, &records(list), None)?
+                self.write_file(&path, &records(list, marked), None)?
             };
             if touched_dir {
                 changed.push(dir);
@@ -428,7 +439,15 @@ impl Spool {
 
     /// Remove a finished message as qmail-send does: `bounce/N`, `local/N`,
     /// `remote/N`, `info/N`, then `mess/N`. Files already gone are fine.
+    /// A message never preprocessed (express, all delivered) first loses
+    /// `todo/N` and `intd/N`, durably: a `todo/N` back after a crash would
+    /// be delivered again.
     pub fn remove(&self, id: MessageId) -> io::Result<()> {
+        if unlink(&self.file(Dir::Todo, id))? {
+            self.discard(&self.file(Dir::Intd, id))?;
+            let todo = self.inner.root.join(Dir::Todo.name());
+            sys::fsync(self.inner.todo.as_fd()).map_err(ctx(&todo))?;
+        }
         // mess/N goes last. Its inode is the message id, so until it is gone
         // no new message can be N, and a removal retried after an error
         // cannot touch another message's files. A crash just before leaves
@@ -775,11 +794,12 @@ fn parse_recipients(bytes: &[u8]) -> Result<Vec<(Vec<u8>, bool)>, String> {
         .collect()
 }
 
-/// `T<addr>\0` for each address.
-fn records(list: &[Vec<u8>]) -> Vec<u8> {
+/// `T<addr>\0` for each address, `D<addr>\0` for those at `done`.
+fn records(list: &[Vec<u8>], done: impl Iterator<Item = usize>) -> Vec<u8> {
+    let done: BTreeSet<usize> = done.collect();
     let mut out = Vec::with_capacity(list.iter().map(|a| a.len() + 2).sum());
-    for addr in list {
-        out.push(b'T');
+    for (i, addr) in list.iter().enumerate() {
+        out.push(if done.contains(&i) { b'D' } else { b'T' });
         out.extend_from_slice(addr);
         out.push(0);
     }

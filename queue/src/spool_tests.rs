@@ -39,7 +39,7 @@ impl Fixture {
         let all: Vec<&str> = local.iter().chain(remote).copied().collect();
         let id = self.inject("s@example.org", &all);
         self.spool
-            .preprocess(id, b"s@example.org", 1_000_000, &lists(local, remote))
+            .preprocess(id, b"s@example.org", 1_000_000, &lists(local, remote), &[])
             .unwrap();
         id
     }
@@ -203,7 +203,7 @@ fn preprocess_writes_qmail_files_and_recover_reads_them() {
     let id = f.inject("s@example.org", &["me@here", "a@far", "b@far"]);
     let recipients = lists(&["me@here"], &["a@far", "b@far"]);
     f.spool
-        .preprocess(id, b"s@example.org", 1_000_000, &recipients)
+        .preprocess(id, b"s@example.org", 1_000_000, &recipients, &[])
         .unwrap();
 
     assert_eq!(fs::read(f.file("info", id)).unwrap(), b"Fs@example.org\0");
@@ -247,7 +247,7 @@ fn preprocess_again_replaces_stale_files() {
     fs::write(f.file("local", id), b"Tstale@here\0Tlonger-stale@here\0").unwrap();
     fs::write(f.file("remote", id), b"Dx@y\0Tolder-and-longer@far\0").unwrap();
     f.spool
-        .preprocess(id, b"", 5, &lists(&[], &["a@far"]))
+        .preprocess(id, b"", 5, &lists(&[], &["a@far"]), &[])
         .unwrap();
     assert_eq!(fs::read(f.file("info", id)).unwrap(), b"F\0");
     assert!(!f.file("local", id).exists(), "empty list: no file");
@@ -266,7 +266,7 @@ fn preprocess_refuses_nul_in_an_address() {
     let f = setup();
     let id = f.inject("s@example.org", &["a@far"]);
     let bad = [vec![], vec![b"a\0b".to_vec()]];
-    let err = f.spool.preprocess(id, b"s", 1, &bad).unwrap_err();
+    let err = f.spool.preprocess(id, b"s", 1, &bad, &[]).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(f.file("todo", id).exists(), "nothing happened");
     assert!(!f.file("info", id).exists());
@@ -477,7 +477,7 @@ fn done_flags_survive_recover_and_todo_wins() {
 
     let recipients = lists(&[], &["x@far"]);
     f.spool
-        .preprocess(again, b"s@example.org", 7, &recipients)
+        .preprocess(again, b"s@example.org", 7, &recipients, &[])
         .unwrap();
     let ids: Vec<MessageId> = f
         .spool
@@ -508,6 +508,62 @@ fn remove_deletes_every_file() {
 }
 
 #[test]
+fn an_express_message_is_removed_from_todo() {
+    // Delivered before preprocessing: todo/N and intd/N are its record.
+    let f = setup();
+    let id = f.inject("s@example.org", &["l@here"]);
+    assert!(f.file("todo", id).exists());
+    f.spool.remove(id).unwrap();
+    for dir in ["todo", "intd", "info", "local", "mess"] {
+        assert!(!f.file(dir, id).exists(), "{dir}");
+    }
+    assert!(f.spool.todo().unwrap().is_empty());
+    f.spool.remove(id).unwrap();
+}
+
+#[test]
+fn preprocess_records_an_express_pass() {
+    let f = setup();
+    let id = f.inject("s@example.org", &["a@here", "b@here", "c@here"]);
+    // What a crashed earlier attempt left: its bounce must not survive.
+    fs::write(f.file("bounce", id), b"<old@here>:\nstale\n\n").unwrap();
+    let done = [
+        Mark {
+            channel: Channel::Local,
+            index: 0,
+            failure: None,
+        },
+        Mark {
+            channel: Channel::Local,
+            index: 2,
+            failure: Some(failure("c@here", "no such user")),
+        },
+    ];
+    let rcpts = lists(&["a@here", "b@here", "c@here"], &[]);
+    f.spool
+        .preprocess(id, b"s@example.org", 7, &rcpts, &done)
+        .unwrap();
+    assert!(!f.file("todo", id).exists());
+    assert_eq!(
+        fs::read(f.file("local", id)).unwrap(),
+        b"Da@here\0Tb@here\0Dc@here\0"
+    );
+    let disk = f.recover_one();
+    assert_eq!(
+        disk.recipients[0],
+        vec![
+            (b"a@here".to_vec(), true),
+            (b"b@here".to_vec(), false),
+            (b"c@here".to_vec(), true)
+        ]
+    );
+    assert_eq!(
+        disk.bounces,
+        vec![(b"c@here".to_vec(), b"no such user\n".to_vec())]
+    );
+}
+
+#[test]
 fn removed_files_are_reused_whole() {
     let f = setup();
     let long = "a-much-longer-sender-than-the-next-one@example.org";
@@ -515,7 +571,9 @@ fn removed_files_are_reused_whole() {
     let ino = |dir: &str, id| fs::metadata(f.file(dir, id)).unwrap().ino();
     let mut inodes = vec![ino("intd", old)];
     let rcpts = lists(&["l1@here", "l2@here", "l3@here"], &[]);
-    f.spool.preprocess(old, long.as_bytes(), 1, &rcpts).unwrap();
+    f.spool
+        .preprocess(old, long.as_bytes(), 1, &rcpts, &[])
+        .unwrap();
     inodes.extend(["mess", "info", "local"].map(|d| ino(d, old)));
     f.spool.remove(old).unwrap();
     assert_eq!(fs::read_dir(f.at("spare")).unwrap().count(), 4);
@@ -534,7 +592,7 @@ fn removed_files_are_reused_whole() {
     assert_eq!(mode_of(&f.spool.message_path(new)), 0o644);
     assert_eq!(f.spool.read_todo(new).unwrap().sender, b"s@x");
     f.spool
-        .preprocess(new, b"s@x", 2, &lists(&["l@here"], &[]))
+        .preprocess(new, b"s@x", 2, &lists(&["l@here"], &[]), &[])
         .unwrap();
     assert_eq!(fs::read(f.file("info", new)).unwrap(), b"Fs@x\0");
     assert_eq!(mode_of(&f.file("info", new)), 0o600);

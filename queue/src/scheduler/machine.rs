@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use super::retry::next_retry;
 use super::{
-    log, Action, BounceRequest, Channel, Config, Failure, Input, MessageId, Misuse, OnDisk,
+    log, Action, BounceRequest, Channel, Config, Failure, Input, Mark, MessageId, Misuse, OnDisk,
     Outcome, Ticket, DYING_TEXT, RETRY_WRITE_SECS,
 };
 
@@ -80,6 +80,11 @@ struct Message {
     chans: [Chan; 2],
     bounces: Vec<Failure>,
     phase: Phase,
+    /// Not preprocessed: `todo/N` is its record ([`Config::express`]).
+    express: bool,
+    /// The express pass's successes and failures, holding their slots
+    /// until the write that records the pass is durable.
+    held: Vec<Mark>,
 }
 
 /// qmail-send as a pure machine. See the module docs for the loop.
@@ -215,6 +220,20 @@ impl Scheduler {
     /// still taken and recorded; the host exits once none is left.
     pub fn drain(&mut self) {
         self.draining = true;
+        // An express pass would wait for slots forever: what it finished
+        // is recorded once what is running ends.
+        let cut: Vec<MessageId> = self
+            .messages
+            .iter_mut()
+            .filter(|(_, m)| m.express && m.chans[Channel::Local as usize].in_pass)
+            .map(|(&id, m)| {
+                m.chans[Channel::Local as usize].pass.clear();
+                id
+            })
+            .collect();
+        for id in cut {
+            self.end_of_pass(id, Channel::Local);
+        }
     }
 
     // ---- input ----
@@ -331,6 +350,10 @@ impl Scheduler {
                 .collect()
         });
         let birth = self.now;
+        let local = split[Channel::Local as usize].len();
+        let express = self.config.express
+            && split[Channel::Remote as usize].is_empty()
+            && (1..=self.config.concurrency[Channel::Local as usize]).contains(&local);
         self.messages.insert(
             id,
             Message {
@@ -341,8 +364,15 @@ impl Scheduler {
                 chans: Default::default(),
                 bounces: Vec::new(),
                 phase: Phase::Preprocessing,
+                express,
+                held: Vec::new(),
             },
         );
+        if express {
+            self.log_new(id);
+            self.activate(id, [None, None]);
+            return Ok(());
+        }
         let ticket = self.ticket();
         self.write(Action::Preprocess {
             ticket,
@@ -350,6 +380,7 @@ impl Scheduler {
             sender,
             birth,
             recipients: split,
+            done: Vec::new(),
         });
         Ok(())
     }
@@ -381,6 +412,8 @@ impl Scheduler {
                 chans: Default::default(),
                 bounces,
                 phase: Phase::Active,
+                express: false,
+                held: Vec::new(),
             },
         );
         self.activate(disk.id, disk.next_retry);
@@ -410,17 +443,14 @@ impl Scheduler {
         };
         self.failed_writes.retain(|&(_, t)| t != ticket);
         match action {
-            Action::Preprocess { id, .. } => {
-                if let Some(m) = self.messages.get_mut(&id) {
-                    let info = m.info.take();
-                    let sender = m.sender.clone();
-                    self.log(log::new_msg(id));
-                    if let Some((bytes, qp, uid)) = info {
-                        self.log(log::info_msg(id, bytes, &sender, qp, uid));
-                    }
+            Action::Preprocess { id, .. } => match self.messages.get(&id) {
+                Some(m) if m.express => self.recorded_express(id),
+                Some(_) => {
+                    self.log_new(id);
                     self.activate(id, [None, None]);
                 }
-            }
+                None => {}
+            },
             Action::MarkDone {
                 id,
                 channel,
@@ -441,8 +471,12 @@ impl Scheduler {
                 self.log_status();
             }
             Action::RemoveMessage { id, .. } => {
-                self.messages.remove(&id);
+                let held = self.messages.remove(&id).map_or(0, |m| m.held.len());
+                self.in_flight[Channel::Local as usize] -= held;
                 self.log(log::end_msg(id));
+                if held > 0 {
+                    self.log_status();
+                }
             }
             _ => {}
         }
@@ -495,9 +529,20 @@ impl Scheduler {
             }
             Outcome::Success | Outcome::Failure => {
                 r.state = RState::Marking;
-                self.log(line);
                 let failure =
                     (outcome == Outcome::Failure).then_some(Failure { recipient, report });
+                if m.express {
+                    m.held.push(Mark {
+                        channel,
+                        index,
+                        failure,
+                    });
+                    m.chans[c].busy = m.chans[c].busy.saturating_sub(1);
+                    self.log(line);
+                    self.end_of_pass(id, channel);
+                    return Ok(());
+                }
+                self.log(line);
                 let ticket = self.ticket();
                 self.write(Action::MarkDone {
                     ticket,
@@ -526,6 +571,10 @@ impl Scheduler {
             return;
         }
         ch.in_pass = false;
+        if m.express {
+            self.record_express(id);
+            return;
+        }
         if m.rcpts[c].iter().any(|r| r.state == RState::Todo) {
             let at = next_retry(m.birth, now, channel);
             m.chans[c].retry_at = Some(at);
@@ -533,6 +582,65 @@ impl Scheduler {
         } else {
             self.check_done(id);
         }
+    }
+
+    /// An express pass is over: one write records it. If every recipient
+    /// succeeded the message is simply removed; otherwise it is
+    /// preprocessed with the pass's done marks.
+    fn record_express(&mut self, id: MessageId) {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        let all_delivered = m.rcpts.iter().flatten().all(|r| r.state == RState::Marking)
+            && m.held.iter().all(|h| h.failure.is_none());
+        if all_delivered {
+            self.remove(id);
+            return;
+        }
+        let (sender, birth, done) = (m.sender.clone(), m.birth, m.held.clone());
+        let recipients = m
+            .rcpts
+            .each_ref()
+            .map(|l| l.iter().map(|r| r.addr.clone()).collect());
+        let ticket = self.ticket();
+        self.write(Action::Preprocess {
+            ticket,
+            id,
+            sender,
+            birth,
+            recipients,
+            done,
+        });
+    }
+
+    /// The preprocessing that recorded an express pass is durable: its
+    /// marks are done, their slots free, and the message goes on as any
+    /// preprocessed one (a deferral waits for qmail's next retry).
+    fn recorded_express(&mut self, id: MessageId) {
+        let now = self.now;
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        m.express = false;
+        for mark in std::mem::take(&mut m.held) {
+            let c = mark.channel as usize;
+            self.in_flight[c] -= 1;
+            if let Some(r) = m.rcpts[c].get_mut(mark.index) {
+                r.state = RState::Done;
+            }
+            m.bounces.extend(mark.failure);
+        }
+        m.phase = Phase::Active;
+        for channel in Channel::ALL {
+            let c = channel as usize;
+            if m.rcpts[c].iter().any(|r| r.state == RState::Todo) {
+                let at = next_retry(m.birth, now, channel);
+                m.chans[c].retry_at = Some(at);
+                self.waiting[c].insert((at, id));
+            }
+        }
+        self.check_done(id);
+        self.log_status();
     }
 
     /// Every recipient durably done: bounce if needed, then remove.
@@ -729,6 +837,19 @@ impl Scheduler {
 
     fn log(&mut self, line: String) {
         self.actions.push_back(Action::Log(line));
+    }
+
+    /// `new msg` and `info msg`, once the message is on the scheduler's books.
+    fn log_new(&mut self, id: MessageId) {
+        let Some(m) = self.messages.get_mut(&id) else {
+            return;
+        };
+        let info = m.info.take();
+        let sender = m.sender.clone();
+        self.log(log::new_msg(id));
+        if let Some((bytes, qp, uid)) = info {
+            self.log(log::info_msg(id, bytes, &sender, qp, uid));
+        }
     }
 
     fn log_status(&mut self) {

@@ -83,6 +83,15 @@ pub struct Config {
     pub doublebounceto: String,
     /// `doublebouncehost` (default `me`).
     pub doublebouncehost: String,
+    /// Deliver a new message whose recipients are all local (and fit in
+    /// `concurrencylocal`) before preprocessing it: `todo/N` stays its
+    /// record until the one write that ends the pass, which removes it if
+    /// every recipient succeeded (no `info/N`, `local/N` or done marks ever
+    /// written) or preprocesses it with the pass's done marks otherwise.
+    /// The pass's finished deliveries hold their slots until that write is
+    /// durable, so a crash still repeats at most `concurrencylocal` of them.
+    /// Off in [`Config::new`] (qmail's order); `sqmail send` turns it on.
+    pub express: bool,
 }
 
 impl Config {
@@ -94,6 +103,7 @@ impl Config {
             rewriter: Rewriter::new(&[me.to_string()], &[], VirtualDomains::default(), me),
             doublebounceto: "postmaster".into(),
             doublebouncehost: me.into(),
+            express: false,
         }
     }
 }
@@ -158,6 +168,16 @@ pub struct Failure {
     pub report: Vec<u8>,
 }
 
+/// A recipient that the write recording its message marks done (`D`),
+/// with its bounce paragraph for a failure.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mark {
+    pub channel: Channel,
+    /// Its place in `local/N` or `remote/N`.
+    pub index: usize,
+    pub failure: Option<Failure>,
+}
+
 /// What the bounce composer needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BounceRequest {
@@ -177,14 +197,20 @@ pub struct BounceRequest {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Write `info/N` (`F<sender>`, mtime `birth`), `local/N` and
-    /// `remote/N` (`T<addr>\0` each; an empty list means no file), each
-    /// fsynced, then remove `todo/N` and `intd/N`; answer `Written(ticket)`.
+    /// `remote/N` (`T<addr>\0` each, `D<addr>\0` for those in `done`; an
+    /// empty list means no file), each fsynced, then remove `todo/N` and
+    /// `intd/N`; answer `Written(ticket)`. Any `bounce/N` left from an
+    /// earlier attempt goes first, and `done`'s failures are written to a
+    /// new one before the `D` marks that they explain.
     Preprocess {
         ticket: Ticket,
         id: MessageId,
         sender: Vec<u8>,
         birth: u64,
         recipients: [Vec<Vec<u8>>; 2],
+        /// Recipients an express pass finished ([`Config::express`]);
+        /// empty for qmail's preprocessing.
+        done: Vec<Mark>,
     },
     /// Deliver one recipient; answer `DeliveryResult`.
     StartDelivery {
@@ -207,8 +233,9 @@ pub enum Action {
     /// Compose and queue this bounce, remove `bounce/N`, answer
     /// `BounceInjected` (or `BounceFailed`).
     InjectBounce(BounceRequest),
-    /// Remove `bounce/N`, `info/N`, `local/N`, `remote/N`, then `mess/N`;
-    /// answer `Written(ticket)`.
+    /// Remove `todo/N` and `intd/N` if there (durably: an express message
+    /// whose deliveries all succeeded), then `bounce/N`, `info/N`,
+    /// `local/N`, `remote/N`, and `mess/N` last; answer `Written(ticket)`.
     RemoveMessage { ticket: Ticket, id: MessageId },
     /// One line for qmail-send's log, without the newline.
     Log(String),

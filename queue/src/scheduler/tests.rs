@@ -134,6 +134,137 @@ fn success_is_counted_only_when_the_mark_is_durable() {
     let _ = b;
 }
 
+fn express_config() -> Config {
+    let mut c = config();
+    c.express = true;
+    c
+}
+
+#[test]
+fn express_delivers_before_preprocessing_and_removes_once_durable() {
+    let mut s = Scheduler::new(express_config());
+    let a = new_msg(&mut s, T0, 5, "a@b", &["joe", "ann@here.example"]);
+    assert!(!a.iter().any(|a| matches!(a, Action::Preprocess { .. })));
+    let l = logs(&a);
+    assert_eq!(l[0], "new msg 5");
+    assert_eq!(l[1], "info msg 5: bytes 100 from <a@b> qp 42 uid 7");
+    assert_eq!(starts(&a).len(), 2);
+    let r = result(&mut s, T0, 1, Outcome::Success, "did 0+0+1\n");
+    assert_eq!(logs(&r), ["delivery 1: success: did_0+0+1/"]);
+    // Both slots stay taken: the first success is not recorded anywhere yet.
+    assert_eq!(s.in_flight(Channel::Local), 2);
+    let r = result(&mut s, T0, 2, Outcome::Success, "did 0+0+1\n");
+    let [Action::Log(_), Action::RemoveMessage { ticket, id: 5 }] = &r[..] else {
+        panic!("{r:?}")
+    };
+    assert_eq!(s.in_flight(Channel::Local), 2);
+    s.handle(T0, Input::Written(*ticket)).unwrap();
+    assert_eq!(
+        logs(&drain(&mut s)),
+        ["end msg 5", "status: local 0/2 remote 0/3"]
+    );
+    assert_eq!(s.in_flight(Channel::Local), 0);
+    assert_eq!(s.message_count(), 0);
+}
+
+#[test]
+fn express_records_a_pass_with_failures_and_deferrals_in_one_preprocessing() {
+    let mut s = Scheduler::new(express_config());
+    let a = new_msg(&mut s, T0, 5, "a@b", &["joe", "ann@here.example"]);
+    assert_eq!(starts(&a).len(), 2);
+    result(&mut s, T0, 1, Outcome::Failure, "no mailbox\n");
+    assert_eq!(s.in_flight(Channel::Local), 2, "the failure holds its slot");
+    let r = result(&mut s, T0 + 5, 2, Outcome::Deferral, "busy\n");
+    assert_eq!(s.in_flight(Channel::Local), 1, "a deferral frees its slot");
+    let Some(Action::Preprocess {
+        ticket,
+        recipients,
+        done,
+        birth,
+        ..
+    }) = r.iter().find(|a| matches!(a, Action::Preprocess { .. }))
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(*birth, T0);
+    assert_eq!(recipients[0].len(), 2);
+    assert_eq!(
+        done,
+        &[Mark {
+            channel: Channel::Local,
+            index: 0,
+            failure: Some(Failure {
+                recipient: b"joe@here.example".to_vec(),
+                report: b"no mailbox\n".to_vec(),
+            }),
+        }]
+    );
+    s.handle(T0 + 5, Input::Written(*ticket)).unwrap();
+    drain(&mut s);
+    assert_eq!(s.in_flight(Channel::Local), 0);
+    // From here on it is an ordinary preprocessed message: ann waits for
+    // qmail's next retry, and the bounce for joe follows the last recipient.
+    assert_eq!(
+        s.next_retry(5, Channel::Local),
+        Some(next_retry(T0, T0 + 5, Channel::Local))
+    );
+    s.handle(T0 + 10_000, Input::Tick).unwrap();
+    let a = drain(&mut s);
+    let started = starts(&a);
+    assert_eq!(started.len(), 1);
+    let r = result(&mut s, T0 + 10_000, started[0].0, Outcome::Success, "ok\n");
+    assert!(matches!(
+        r.iter().find(|a| !matches!(a, Action::Log(_))),
+        Some(Action::MarkDone { index: 1, .. })
+    ));
+    let b = confirm_all(&mut s, T0 + 10_000, &r);
+    let Some(Action::InjectBounce(bounce)) =
+        b.iter().find(|a| matches!(a, Action::InjectBounce(_)))
+    else {
+        panic!("{b:?}")
+    };
+    assert_eq!(bounce.failures.len(), 1);
+}
+
+#[test]
+fn express_is_only_for_new_local_mail_that_fits_the_slots() {
+    let mut s = Scheduler::new(express_config());
+    // A remote recipient, or more local ones than concurrencylocal (2):
+    // qmail's order, preprocessing first.
+    let a = new_msg(&mut s, T0, 5, "a@b", &["joe", "x@far.example"]);
+    assert!(matches!(a[0], Action::Preprocess { .. }), "{a:?}");
+    let a = new_msg(&mut s, T0, 6, "a@b", &["joe", "ann", "joe"]);
+    assert!(matches!(a[0], Action::Preprocess { .. }), "{a:?}");
+    let a = new_msg(&mut s, T0, 7, "a@b", &["ann"]);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Preprocess { .. })),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn drain_records_what_an_express_pass_finished() {
+    let mut c = express_config();
+    c.concurrency = [3, 3];
+    let mut s = Scheduler::new(c);
+    // Two slots taken by message 4, so message 5 starts one of its two
+    // recipients and waits for another slot.
+    let a = new_msg(&mut s, T0, 4, "a@b", &["joe", "ann"]);
+    assert_eq!(starts(&a).len(), 2);
+    let b = new_msg(&mut s, T0, 5, "a@b", &["joe", "ann"]);
+    assert_eq!(starts(&b).len(), 1);
+    let r = result(&mut s, T0, 3, Outcome::Success, "ok\n");
+    assert!(r.iter().all(|a| matches!(a, Action::Log(_))), "{r:?}");
+    s.drain();
+    let d = drain(&mut s);
+    let Some(Action::Preprocess { id: 5, done, .. }) =
+        d.iter().find(|a| !matches!(a, Action::Log(_)))
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(done.len(), 1, "the success is recorded before exiting");
+}
+
 #[test]
 fn deferral_follows_qmails_schedule() {
     let mut s = Scheduler::new(config());
@@ -413,6 +544,11 @@ struct Host {
     failed: Vec<Action>,
     bounces: Vec<BounceRequest>,
     deliveries: Vec<(u64, MessageId, Channel, Vec<u8>)>,
+    /// Express results (a message still only in `todo/`) whose slots wait
+    /// for the write that records the pass.
+    held: Vec<(MessageId, Channel)>,
+    /// The express delivery whose result is being handed in.
+    finishing: Option<(u64, MessageId, Channel)>,
     /// Bounces queued, and successful deliveries made (the world's view).
     injected: Vec<BounceRequest>,
     delivered: Vec<(MessageId, Channel, Vec<u8>)>,
@@ -433,6 +569,8 @@ impl Host {
             failed: vec![],
             bounces: vec![],
             deliveries: vec![],
+            held: vec![],
+            finishing: None,
             injected: vec![],
             delivered: vec![],
             late: vec![],
@@ -453,17 +591,19 @@ impl Host {
     }
 
     /// A slot is taken from the start of a delivery until its result is
-    /// a deferral or its done mark is durable.
+    /// a deferral or its done mark (or, express, its pass's record) is
+    /// durable.
     fn check_counts(&self) {
         for c in Channel::ALL {
             let running = self.deliveries.iter().filter(|d| d.2 == c).count();
+            let held = self.held.iter().filter(|h| h.1 == c).count();
             let marking = self
                 .writes
                 .iter()
                 .chain(&self.failed)
                 .filter(|w| matches!(w, Action::MarkDone { channel, .. } if *channel == c))
                 .count();
-            assert_eq!(running + marking, self.s.in_flight(c));
+            assert_eq!(running + marking + held, self.s.in_flight(c));
             assert!(self.s.in_flight(c) <= self.cfg.concurrency[c as usize]);
         }
     }
@@ -490,18 +630,28 @@ impl Host {
                 sender,
                 birth,
                 recipients,
+                done,
                 ..
             } => {
                 self.disk.todo.remove(id);
+                let mut rcpts = recipients
+                    .clone()
+                    .map(|l| l.into_iter().map(|a| (a, false)).collect::<Vec<_>>());
+                for mark in done {
+                    rcpts[mark.channel as usize][mark.index].1 = true;
+                }
+                let bounces = done
+                    .iter()
+                    .filter_map(|m| m.failure.as_ref())
+                    .map(|f| (f.recipient.clone(), f.report.clone()))
+                    .collect();
                 self.disk.msgs.insert(
                     *id,
                     DiskMsg {
                         sender: sender.clone(),
                         birth: *birth,
-                        rcpts: recipients
-                            .clone()
-                            .map(|l| l.into_iter().map(|a| (a, false)).collect()),
-                        bounces: vec![],
+                        rcpts,
+                        bounces,
                     },
                 );
             }
@@ -523,6 +673,7 @@ impl Host {
                 m.rcpts[*channel as usize][*index].1 = true;
             }
             Action::RemoveMessage { id, .. } => {
+                self.disk.todo.remove(id);
                 self.disk.msgs.remove(id);
             }
             _ => {}
@@ -535,6 +686,9 @@ impl Host {
         }
         let w = self.writes.remove(k % self.writes.len());
         self.apply(&w);
+        if let Action::Preprocess { id, .. } | Action::RemoveMessage { id, .. } = &w {
+            self.held.retain(|h| h.0 != *id);
+        }
         let ticket = ticket_of(&w);
         self.handle(Input::Written(ticket));
     }
@@ -557,11 +711,17 @@ impl Host {
         if outcome == Outcome::Success {
             self.delivered.push((id, c, r));
         }
+        // Only an express delivery runs while its message is in todo/; its
+        // slot stays taken unless the machine logs a deferral (a deferral
+        // may be logged as a failure: a message that waited for a slot
+        // past queuelifetime).
+        self.finishing = self.disk.todo.contains_key(&id).then_some((d, id, c));
         self.handle(Input::DeliveryResult {
             delivery: d,
             outcome,
             report: b"report\n".to_vec(),
         });
+        self.finishing = None;
     }
 
     fn bounce(&mut self, k: usize, ok: bool) {
@@ -616,6 +776,7 @@ impl Host {
             }
         }
         self.deliveries.clear();
+        self.held.clear();
         self.failed.clear();
         // (4) the same disk gives the same decisions.
         let (s, a1) = rebuild(&self.cfg, &self.disk, self.now);
@@ -638,14 +799,17 @@ impl Host {
                 recipient,
                 ..
             } => {
-                // (1) never again once durably done.
-                let m = &self.disk.msgs[&id];
-                assert!(
-                    m.rcpts[channel as usize]
-                        .iter()
-                        .any(|(a, d)| *a == recipient && !d),
-                    "durably done {recipient:?} started again"
-                );
+                // (1) never again once durably done (an express message
+                // is still only in todo/: nothing of it is done).
+                match self.disk.msgs.get(&id) {
+                    Some(m) => assert!(
+                        m.rcpts[channel as usize]
+                            .iter()
+                            .any(|(a, d)| *a == recipient && !d),
+                        "durably done {recipient:?} started again"
+                    ),
+                    None => assert!(self.disk.todo.contains_key(&id), "msg {id} is nowhere"),
+                }
                 self.deliveries.push((delivery, id, channel, recipient));
                 // (3) concurrency limits.
                 for c in Channel::ALL {
@@ -653,6 +817,13 @@ impl Host {
                     assert!(n <= self.cfg.concurrency[c as usize]);
                     assert!(n <= self.s.in_flight(c));
                 }
+            }
+            Action::RemoveMessage { id, .. } if !self.disk.msgs.contains_key(&id) => {
+                // (5), express: every recipient delivered in its one pass.
+                let (_, rcpts) = &self.disk.todo[&id];
+                let held = self.held.iter().filter(|h| h.0 == id).count();
+                assert_eq!(held, rcpts.len(), "msg {id} removed with recipients left");
+                self.writes.push(a);
             }
             Action::RemoveMessage { id, .. } => {
                 // (5) removed only when every recipient is durably done and
@@ -670,7 +841,15 @@ impl Host {
                 assert!(m.rcpts.iter().flatten().all(|(_, d)| *d), "{m:?}");
                 self.bounces.push(b);
             }
-            Action::Log(_) => {}
+            Action::Log(line) => {
+                // An express result that keeps its slot (see `finish`).
+                if let Some((d, id, c)) = self.finishing {
+                    let kind = line.strip_prefix(&format!("delivery {d}: "));
+                    if kind.is_some_and(|k| !k.starts_with("deferral")) {
+                        self.held.push((id, c));
+                    }
+                }
+            }
             w => {
                 let ticket = ticket_of(&w);
                 self.failed.retain(|f| ticket_of(f) != ticket);
@@ -748,8 +927,9 @@ const ADDRS: [&str; 6] = [
 ];
 const SENDERS: [&str; 3] = ["a@b", "", "#@[]"];
 
-fn sim_config() -> Config {
+fn sim_config(express: bool) -> Config {
     let mut c = config();
+    c.express = express;
     c.rewriter = Rewriter::new(
         &["here.example".into()],
         &[],
@@ -821,8 +1001,8 @@ proptest! {
     /// (1), (3), (4), (5) are checked at every step inside the host; at the
     /// end a prompt host empties the queue.
     #[test]
-    fn safety_under_crashes(ops in proptest::collection::vec(op(), 0..60)) {
-        let mut h = Host::new(sim_config());
+    fn safety_under_crashes(ops in proptest::collection::vec(op(), 0..60), express: bool) {
+        let mut h = Host::new(sim_config(express));
         for op in &ops {
             h.step(op);
         }
@@ -836,9 +1016,10 @@ proptest! {
     /// retry interval.
     #[test]
     fn every_recipient_ends_in_time(
-        ops in proptest::collection::vec((op(), 0..3u8, any::<bool>()), 0..60)
+        ops in proptest::collection::vec((op(), 0..3u8, any::<bool>()), 0..60),
+        express: bool,
     ) {
-        let mut h = Host::new(sim_config());
+        let mut h = Host::new(sim_config(express));
         for (op, o, ok) in &ops {
             let answer = |h: &mut Host| loop {
                 if !h.writes.is_empty() {

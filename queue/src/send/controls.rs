@@ -97,6 +97,7 @@ pub fn load(read: &mut Reader<'_>) -> Result<SendControls, ControlError> {
             rewriter,
             doublebounceto: doublebounceto.clone(),
             doublebouncehost: doublebouncehost.clone(),
+            express: true,
         },
         bounce: BounceSettings {
             bouncefrom,

@@ -102,8 +102,10 @@ pub struct Daemon {
     inbox: Receiver<Event>,
     /// `lock/sendmutex`, held while we run.
     _lock: File,
+    /// The writes that remove a `todo/N` (a preprocessing, or the removal
+    /// of an express message), by ticket.
+    todo_writes: HashMap<Ticket, MessageId>,
     /// Messages handed to the scheduler whose `todo/N` still exists.
-    preprocessing: HashMap<Ticket, MessageId>,
     in_todo: HashSet<MessageId>,
     /// Actions given to the pools and not answered yet.
     outstanding: usize,
@@ -145,7 +147,7 @@ impl Daemon {
             events,
             inbox,
             _lock: lock,
-            preprocessing: HashMap::new(),
+            todo_writes: HashMap::new(),
             in_todo: HashSet::new(),
             outstanding: 0,
             rescan: false,
@@ -234,8 +236,12 @@ impl Daemon {
                         marks.submit(action);
                     }
                     _ => {
-                        if let Action::Preprocess { ticket, id, .. } = &action {
-                            self.preprocessing.insert(*ticket, *id);
+                        if let Action::Preprocess { ticket, id, .. }
+                        | Action::RemoveMessage { ticket, id } = &action
+                        {
+                            if self.in_todo.contains(id) {
+                                self.todo_writes.insert(*ticket, *id);
+                            }
                         }
                         self.outstanding += 1;
                         disk.submit(action);
@@ -331,7 +337,7 @@ impl Daemon {
             writeln!(log, "{warning}")?;
         }
         if let Input::Written(ticket) = &answer.input {
-            if let Some(id) = self.preprocessing.remove(ticket) {
+            if let Some(id) = self.todo_writes.remove(ticket) {
                 self.in_todo.remove(&id);
             }
         }

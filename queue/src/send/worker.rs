@@ -84,10 +84,12 @@ impl Worker {
                 sender,
                 birth,
                 recipients,
+                done,
             } => written(
                 ticket,
                 id,
-                self.spool.preprocess(id, &sender, birth, &recipients),
+                self.spool
+                    .preprocess(id, &sender, birth, &recipients, &done),
             ),
             Action::MarkDone {
                 ticket,
