@@ -5,8 +5,9 @@
 //! Why: qmail's layout costs four new files per message, and creating a
 //! file is what the kernel makes expensive under load. On ext4 without a
 //! journal (common on VMs) each new inode is found by scanning past every
-//! inode of its block group freed in the last one to six minutes, so at a few hundred messages a
-//! second the scans cost more CPU than everything else sqmail does. A
+//! inode of its block group freed in the last one to six minutes, so at a
+//! few hundred messages a second the scans cost more CPU than everything
+//! else sqmail does. A
 //! spare is never freed and never allocated; on every filesystem it saves
 //! the inode's allocation and release.
 //!
