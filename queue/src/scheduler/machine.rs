@@ -373,15 +373,7 @@ impl Scheduler {
             self.activate(id, [None, None]);
             return Ok(());
         }
-        let ticket = self.ticket();
-        self.write(Action::Preprocess {
-            ticket,
-            id,
-            sender,
-            birth,
-            recipients: split,
-            done: Vec::new(),
-        });
+        self.preprocess(id, sender, birth, split, Vec::new());
         Ok(())
     }
 
@@ -602,6 +594,17 @@ impl Scheduler {
             .rcpts
             .each_ref()
             .map(|l| l.iter().map(|r| r.addr.clone()).collect());
+        self.preprocess(id, sender, birth, recipients, done);
+    }
+
+    fn preprocess(
+        &mut self,
+        id: MessageId,
+        sender: Vec<u8>,
+        birth: u64,
+        recipients: [Vec<Vec<u8>>; 2],
+        done: Vec<Mark>,
+    ) {
         let ticket = self.ticket();
         self.write(Action::Preprocess {
             ticket,
