@@ -6,7 +6,7 @@
 //!
 //! Input: 3 config bytes (concurrency local and remote 1..=4, then bits 0-1
 //! the queuelifetime, bit 2 double bounces off, bits 3-4 the outcome a
-//! prompt host gives at the end), then ops, an opcode byte and its
+//! prompt host gives at the end, bit 5 express delivery), then ops, an opcode byte and its
 //! arguments each (see `step`): a new message (id, sender, recipients from
 //! small tables or raw bytes), `Written`/`WriteFailed` for an outstanding
 //! write, a `DeliveryResult` for an outstanding delivery (any outcome and
@@ -17,12 +17,16 @@
 //!
 //! Invariants: no panic; `handle` never returns `Misuse` (the host answers
 //! only what was asked, once); no delivery starts before its message's
-//! preprocessing is durable, on a held channel, or for a recipient whose
+//! preprocessing is durable (unless it is express: still only in `todo/`),
+//! on a held channel, or for a recipient whose
 //! `D` mark is durable or whose result is being marked (copies of one
 //! address counted); in flight never exceeds a channel's concurrency and
 //! matches the host's count, a slot being held from the start until a
 //! deferral or until the `D` mark is durable (README "Done marks are
-//! durable"); a `MarkDone` names a recipient not yet done;
+//! durable"), or for an express result until the write recording its pass
+//! is; an express result asks for no `MarkDone`, and an express message is
+//! removed only when each of its recipients has a held success; a
+//! `MarkDone` names a recipient not yet done;
 //! a bounce is asked for only when every recipient is durably done, and
 //! reports exactly the failures on disk; a message is removed only when
 //! every recipient is durably done and its bounce went (or was discarded:
@@ -109,6 +113,11 @@ struct Host {
     busy: HashMap<(MessageId, Channel, Vec<u8>), usize>,
     /// The highest ticket the machine has asked with (reset by a crash).
     max_ticket: u64,
+    /// Express results (message still only in `todo/`) whose slots wait
+    /// for the write recording the pass: (message, channel, address).
+    express: Vec<(MessageId, Channel, Vec<u8>)>,
+    /// The express delivery whose result is being handed in.
+    finishing: Option<(u64, MessageId, Channel, Vec<u8>)>,
 }
 
 fn ticket_of(w: &Action) -> Ticket {
@@ -136,6 +145,8 @@ impl Host {
             deliveries: vec![],
             busy: HashMap::new(),
             max_ticket: 0,
+            express: vec![],
+            finishing: None,
         }
     }
 
@@ -162,11 +173,12 @@ impl Host {
                 .chain(&self.failed)
                 .filter(|w| matches!(w, Action::MarkDone { channel, .. } if *channel == c))
                 .count();
-            let n = running + marking;
+            let express = self.express.iter().filter(|e| e.1 == c).count();
+            let n = running + marking + express;
             assert_eq!(
                 n,
                 self.s.in_flight(c),
-                "{c:?} in flight ({running} running, {marking} marking)"
+                "{c:?} in flight ({running} running, {marking} marking, {express} express)"
             );
             assert!(
                 n <= self.cfg.concurrency[c as usize],
@@ -198,10 +210,15 @@ impl Host {
                 ..
             } => {
                 assert!(self.enabled[channel as usize], "started on a held channel");
-                let m = self
-                    .disk
-                    .get(&id)
-                    .expect("started before preprocessing was durable");
+                let Some(m) = self.disk.get(&id) else {
+                    assert!(
+                        self.cfg.express && self.todo.contains_key(&id),
+                        "started before preprocessing was durable"
+                    );
+                    *self.busy.entry((id, channel, recipient.clone())).or_default() += 1;
+                    self.deliveries.push((delivery, id, channel, recipient));
+                    return;
+                };
                 let copies = m.rcpts[channel as usize]
                     .iter()
                     .filter(|(r, _)| *r == recipient);
@@ -253,6 +270,12 @@ impl Host {
                 );
                 self.bounces.push(b);
             }
+            Action::RemoveMessage { id, .. } if !self.disk.contains_key(&id) => {
+                let rcpts = &self.todo.get(&id).expect("removing a message nowhere").1;
+                let held = self.express.iter().filter(|e| e.0 == id).count();
+                assert_eq!(held, rcpts.len(), "express msg {id} removed with recipients left");
+                self.push_write(a);
+            }
             Action::RemoveMessage { id, .. } => {
                 let m = &self.disk[&id];
                 assert!(m.rcpts.iter().flatten().all(|(_, d)| *d), "{m:?}");
@@ -261,7 +284,18 @@ impl Host {
                 assert!(m.bounces.is_empty() || discarded, "bounce lost: {m:?}");
                 self.push_write(a);
             }
-            Action::Log(l) => assert!(!l.contains('\n'), "{l:?}"),
+            Action::Log(l) => {
+                assert!(!l.contains('\n'), "{l:?}");
+                // An express result keeps its slot unless it is logged as
+                // a deferral (one may be logged as a failure once the
+                // message waited past queuelifetime).
+                if let Some((d, id, c, r)) = self.finishing.clone() {
+                    let kind = l.strip_prefix(&format!("delivery {d}: "));
+                    if kind.is_some_and(|k| !k.starts_with("deferral")) {
+                        self.express.push((id, c, r));
+                    }
+                }
+            }
         }
     }
 
@@ -284,17 +318,32 @@ impl Host {
                 sender,
                 birth,
                 recipients,
+                done,
                 ..
             } => {
                 self.todo.remove(id);
-                let rcpts = recipients
+                let mut rcpts = recipients
                     .clone()
-                    .map(|l| l.into_iter().map(|a| (a, false)).collect());
+                    .map(|l| l.into_iter().map(|a| (a, false)).collect::<Vec<_>>());
+                let mut bounces = vec![];
+                for mark in done {
+                    let r = &mut rcpts[mark.channel as usize][mark.index];
+                    assert!(!r.1, "an express pass marks {:?} twice", r.0);
+                    r.1 = true;
+                    self.release_express(*id, mark.channel, &r.0);
+                    if let Some(f) = &mark.failure {
+                        bounces.push((f.recipient.clone(), f.report.clone()));
+                    }
+                }
+                assert!(
+                    self.express.iter().all(|e| e.0 != *id),
+                    "an express result left out of the pass's record"
+                );
                 let m = DiskMsg {
                     sender: sender.clone(),
                     birth: *birth,
                     rcpts,
-                    bounces: vec![],
+                    bounces,
                 };
                 self.disk.insert(*id, m);
             }
@@ -321,9 +370,27 @@ impl Host {
             }
             Action::RemoveMessage { id, .. } => {
                 self.disk.remove(id);
+                if self.todo.remove(id).is_some() {
+                    for (_, c, r) in self.express.clone().into_iter().filter(|e| e.0 == *id) {
+                        self.release_express(*id, c, &r);
+                    }
+                }
             }
             _ => {}
         }
+    }
+
+    /// An express result's record is durable: its delivery is resolved.
+    fn release_express(&mut self, id: MessageId, c: Channel, addr: &[u8]) {
+        let at = self
+            .express
+            .iter()
+            .position(|e| e.0 == id && e.1 == c && e.2 == addr)
+            .expect("a mark with no express result behind it");
+        self.express.remove(at);
+        let b = self.busy.get_mut(&(id, c, addr.to_vec())).expect("busy");
+        assert!(*b > 0);
+        *b -= 1;
     }
 
     fn new_message(&mut self, id: MessageId, sender: Vec<u8>, rcpts: Vec<Vec<u8>>, b: u64) {
@@ -373,17 +440,31 @@ impl Host {
         // into a failure (queuelifetime passed); anything else gets a new
         // MarkDone (a fresh ticket), whose durability resolves it.
         let before = self.max_ticket;
+        let express = !self.disk.contains_key(&id);
+        self.finishing = express.then(|| (delivery, id, c, r.clone()));
+        let held = self.express.len();
         self.handle(Input::DeliveryResult {
             delivery,
             outcome,
             report,
         });
+        self.finishing = None;
         let fresh: Vec<&Action> = self
             .writes
             .iter()
             .filter(|w| matches!(w, Action::MarkDone { .. }) && ticket_of(w).0 > before)
             .collect();
         match fresh[..] {
+            [] if express => {
+                // Held until the pass is recorded, or a deferral.
+                if self.express.len() == held {
+                    assert_eq!(outcome, Outcome::Deferral, "an express result dropped");
+                    let b = self.busy.get_mut(&(id, c, r)).expect("busy");
+                    assert!(*b > 0);
+                    *b -= 1;
+                }
+            }
+            _ if express => panic!("a MarkDone for an express result: {fresh:?}"),
             [] => {
                 assert_eq!(outcome, Outcome::Deferral, "a result with no MarkDone");
                 let b = self.busy.get_mut(&(id, c, r)).expect("busy");
@@ -460,6 +541,7 @@ impl Host {
         self.deliveries.clear();
         self.failed.clear();
         self.busy.clear();
+        self.express.clear();
         self.max_ticket = 0;
         self.held = self.disk.keys().chain(self.todo.keys()).copied().collect();
         self.s = Scheduler::new(self.cfg.clone());
@@ -586,6 +668,7 @@ fn config(b: &mut Bytes) -> (Config, Outcome) {
     if bits & 4 != 0 {
         c.doublebounceto.clear();
     }
+    c.express = bits & 32 != 0;
     c.rewriter = Rewriter::new(
         &["here.example".into()],
         &["relay.example".into()],
