@@ -215,7 +215,10 @@ impl Host {
                         self.cfg.express && self.todo.contains_key(&id),
                         "started before preprocessing was durable"
                     );
-                    *self.busy.entry((id, channel, recipient.clone())).or_default() += 1;
+                    *self
+                        .busy
+                        .entry((id, channel, recipient.clone()))
+                        .or_default() += 1;
                     self.deliveries.push((delivery, id, channel, recipient));
                     return;
                 };
@@ -273,7 +276,11 @@ impl Host {
             Action::RemoveMessage { id, .. } if !self.disk.contains_key(&id) => {
                 let rcpts = &self.todo.get(&id).expect("removing a message nowhere").1;
                 let held = self.express.iter().filter(|e| e.0 == id).count();
-                assert_eq!(held, rcpts.len(), "express msg {id} removed with recipients left");
+                assert_eq!(
+                    held,
+                    rcpts.len(),
+                    "express msg {id} removed with recipients left"
+                );
                 self.push_write(a);
             }
             Action::RemoveMessage { id, .. } => {
