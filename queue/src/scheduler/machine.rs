@@ -222,17 +222,18 @@ impl Scheduler {
         self.draining = true;
         // An express pass would wait for slots forever: what it finished
         // is recorded once what is running ends.
-        let cut: Vec<MessageId> = self
-            .messages
-            .iter_mut()
-            .filter(|(_, m)| m.express && m.chans[Channel::Local as usize].in_pass)
-            .map(|(&id, m)| {
-                m.chans[Channel::Local as usize].pass.clear();
-                id
-            })
-            .collect();
-        for id in cut {
-            self.end_of_pass(id, Channel::Local);
+        let mut cut = Vec::new();
+        for (&id, m) in self.messages.iter_mut().filter(|(_, m)| m.express) {
+            for channel in Channel::ALL {
+                let ch = &mut m.chans[channel as usize];
+                if ch.in_pass {
+                    ch.pass.clear();
+                    cut.push((id, channel));
+                }
+            }
+        }
+        for (id, channel) in cut {
+            self.end_of_pass(id, channel);
         }
     }
 
@@ -350,10 +351,12 @@ impl Scheduler {
                 .collect()
         });
         let birth = self.now;
-        let local = split[Channel::Local as usize].len();
+        // One channel, and few enough recipients to hold a slot each.
         let express = self.config.express
-            && split[Channel::Remote as usize].is_empty()
-            && (1..=self.config.concurrency[Channel::Local as usize]).contains(&local);
+            && Channel::ALL.into_iter().any(|c| {
+                let n = split[c as usize].len();
+                n == recipients.len() && (1..=self.config.concurrency[c as usize]).contains(&n)
+            });
         self.messages.insert(
             id,
             Message {
@@ -463,10 +466,12 @@ impl Scheduler {
                 self.log_status();
             }
             Action::RemoveMessage { id, .. } => {
-                let held = self.messages.remove(&id).map_or(0, |m| m.held.len());
-                self.in_flight[Channel::Local as usize] -= held;
+                let held = self.messages.remove(&id).map_or(Vec::new(), |m| m.held);
+                for mark in &held {
+                    self.in_flight[mark.channel as usize] -= 1;
+                }
                 self.log(log::end_msg(id));
-                if held > 0 {
+                if !held.is_empty() {
                     self.log_status();
                 }
             }

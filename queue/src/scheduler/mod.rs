@@ -83,13 +83,15 @@ pub struct Config {
     pub doublebounceto: String,
     /// `doublebouncehost` (default `me`).
     pub doublebouncehost: String,
-    /// Deliver a new message whose recipients are all local (and fit in
-    /// `concurrencylocal`) before preprocessing it: `todo/N` stays its
+    /// Deliver a new message whose recipients are all of one channel (and
+    /// fit in its `concurrencylocal` or `concurrencyremote`) before
+    /// preprocessing it: `todo/N` stays its
     /// record until the one write that ends the pass, which removes it if
     /// every recipient succeeded (no `info/N`, `local/N` or done marks ever
     /// written) or preprocesses it with the pass's done marks otherwise.
     /// The pass's finished deliveries hold their slots until that write is
-    /// durable, so a crash still repeats at most `concurrencylocal` of them.
+    /// durable, so a crash still repeats at most a channel's concurrency
+    /// of them.
     /// Off in [`Config::new`] (qmail's order); `sqmail send` turns it on.
     pub express: bool,
 }

@@ -227,10 +227,10 @@ fn express_records_a_pass_with_failures_and_deferrals_in_one_preprocessing() {
 }
 
 #[test]
-fn express_is_only_for_new_local_mail_that_fits_the_slots() {
+fn express_is_only_for_new_mail_of_one_channel_that_fits_its_slots() {
     let mut s = Scheduler::new(express_config());
-    // A remote recipient, or more local ones than concurrencylocal (2):
-    // qmail's order, preprocessing first.
+    // Local and remote recipients, or more local ones than
+    // concurrencylocal (2): qmail's order, preprocessing first.
     let a = new_msg(&mut s, T0, 5, "a@b", &["joe", "x@far.example"]);
     assert!(matches!(a[0], Action::Preprocess { .. }), "{a:?}");
     let a = new_msg(&mut s, T0, 6, "a@b", &["joe", "ann", "joe"]);
@@ -240,6 +240,30 @@ fn express_is_only_for_new_local_mail_that_fits_the_slots() {
         !a.iter().any(|a| matches!(a, Action::Preprocess { .. })),
         "{a:?}"
     );
+}
+
+#[test]
+fn express_remote_mail_holds_remote_slots() {
+    let mut s = Scheduler::new(express_config());
+    let a = new_msg(&mut s, T0, 5, "a@b", &["x@far.example", "y@far.example"]);
+    assert!(
+        !a.iter().any(|a| matches!(a, Action::Preprocess { .. })),
+        "{a:?}"
+    );
+    let started = starts(&a);
+    assert_eq!(started.len(), 2);
+    assert!(started.iter().all(|s| s.1 == Channel::Remote));
+    result(&mut s, T0, started[0].0, Outcome::Success, "ok\n");
+    let r = result(&mut s, T0, started[1].0, Outcome::Success, "ok\n");
+    assert_eq!(s.in_flight(Channel::Remote), 2);
+    let Some(Action::RemoveMessage { ticket, .. }) =
+        r.iter().find(|a| matches!(a, Action::RemoveMessage { .. }))
+    else {
+        panic!("{r:?}")
+    };
+    s.handle(T0, Input::Written(*ticket)).unwrap();
+    assert_eq!(s.in_flight(Channel::Remote), 0);
+    assert_eq!(s.message_count(), 0);
 }
 
 #[test]
