@@ -10,11 +10,14 @@
 //! nothing that depends on that write until the host answers
 //! [`Input::Written`]. That makes qmail's write ordering a contract:
 //! - `info/N`, `local/N`, `remote/N` are durable before `todo/N` goes and
-//!   before any delivery starts ([`Action::Preprocess`]);
+//!   before any delivery starts ([`Action::Preprocess`]); with
+//!   [`Config::express`], a new message of one channel is delivered first
+//!   and `todo/N` stays its record until one write ends that pass;
 //! - a recipient counts as done only once its `D` mark (and, for a failure,
-//!   its bounce report) is durable ([`Action::MarkDone`]), so a crash can
-//!   repeat only deliveries that were in flight; qmail 1.03 does not fsync
-//!   done marks and can repeat finished ones;
+//!   its bounce report) is durable ([`Action::MarkDone`], or the write
+//!   that ends an express pass), so a crash can repeat only deliveries
+//!   that were in flight; qmail 1.03 does not fsync done marks and can
+//!   repeat finished ones;
 //! - a message is removed only when every recipient is durably done and its
 //!   bounce, if any, was queued ([`Action::RemoveMessage`]).
 //!
