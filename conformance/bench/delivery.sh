@@ -5,6 +5,7 @@
 # 250, fsync of the delivered file).
 #
 #   conformance/bench/delivery.sh [N] [CONCURRENCY] [REPS] [AS]
+#   KEEP=1 conformance/bench/delivery.sh ...
 #
 # Defaults: 5000 messages of 2048 body bytes over 10 sessions, 3 runs each
 # (bench_mta.py prints medians and ranges, and the whole machine's CPU per
@@ -13,6 +14,14 @@
 # fork and drop to the mailbox owner, as a root-run qmail site does).
 # Run as root: Postfix is configured by setup_postfix.sh from the Debian
 # package. No timing is asserted anywhere.
+#
+# KEEP=1 deletes nothing while it measures: bench_mta.py moves delivered
+# files aside (--keep-delivered) and sqmail gets a new home instead of the
+# old one being removed. On ext4 without a journal every file created in
+# the minutes after a deletion pays for a scan past the freed inodes, for
+# both MTAs alike; KEEP=1 measures them without that. It leaves its homes
+# and files behind (a line on stderr says where): delete them, then wait six
+# minutes before the next run.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -26,21 +35,41 @@ id bench >/dev/null 2>&1 || useradd -m -s /usr/sbin/nologin bench
 bin=/tmp/sqmail-bench-bin
 install -m 0755 "$root/target/release/sqmail" "$bin"
 
-run_as() { if [ "$AS" = root ]; then "$@"; else runuser -u "$AS" -- "$@"; fi; }
+# setpriv execs in place (runuser forks and, killed, leaves its child
+# running): `$!` is then sqmail itself, which the TERM below must reach.
+run_as() {
+  if [ "$AS" = root ]; then "$@"; else setpriv --reuid="$AS" --regid="$AS" --init-groups "$@"; fi
+}
 
 echo "== sqmail up (as $AS)" >&2
 postfix stop >/dev/null 2>&1 || true
-home=/tmp/sqmail-bench-home
-rm -rf "$home"; mkdir -p "$home"; chown "$AS" "$home"
+if ss -Hltn "sport = :$SQ_PORT" | grep -q .; then
+  echo "delivery.sh: 127.0.0.1:$SQ_PORT is taken (a sqmail left running?)" >&2
+  exit 1
+fi
+KEEP=${KEEP:-}
+if [ -n "$KEEP" ]; then
+  home=/tmp/sqmail-bench-home-$(date +%s)
+  keep=(--keep-delivered)
+else
+  home=/tmp/sqmail-bench-home
+  rm -rf "$home"
+  keep=()
+fi
+mkdir -p "$home"; chown "$AS" "$home"
 run_as "$bin" up --home "$home" --smtp 127.0.0.1:$SQ_PORT --submission none --smtps none \
   --pop3 none --pop3s none --qmtp none --qmqp none --qmtps none >/tmp/sqmail-bench.log 2>&1 &
 up=$!
 for _ in $(seq 100); do
   grep -q listening /tmp/sqmail-bench.log 2>/dev/null && break; sleep 0.1
 done
+if ! kill -0 "$up" 2>/dev/null; then
+  cat /tmp/sqmail-bench.log >&2
+  exit 1
+fi
 echo | run_as "$bin" user add --home "$home" bench@bench.test >/dev/null
 sleep 2  # up rereads locals/virtualdomains once a second
-sq=$(python3 "$here/bench_mta.py" --name sqmail --port $SQ_PORT --n "$N" --conc "$CONC" --reps "$REPS" \
+sq=$(python3 "$here/bench_mta.py" --name sqmail --port $SQ_PORT --n "$N" --conc "$CONC" --reps "$REPS" "${keep[@]}" \
   --maildir "$home/mailboxes/bench@bench.test/Maildir" | tee /dev/stderr | grep '^| sqmail |' | tail -1)
 kill -TERM "$up"; wait "$up" || true
 
@@ -48,12 +77,15 @@ echo "== postfix" >&2
 PORT=$PF_PORT "$here/setup_postfix.sh" >/dev/null
 postfix start >/dev/null 2>&1
 sleep 2
-pf=$(python3 "$here/bench_mta.py" --name postfix --port $PF_PORT --n "$N" --conc "$CONC" --reps "$REPS" \
+pf=$(python3 "$here/bench_mta.py" --name postfix --port $PF_PORT --n "$N" --conc "$CONC" --reps "$REPS" "${keep[@]}" \
   --maildir ~bench/Maildir | tee /dev/stderr | grep '^| postfix |' | tail -1)
 postfix stop >/dev/null 2>&1
 
 echo "sqmail:  $sq" >&2
 echo "postfix: $pf" >&2
+if [ -n "$KEEP" ]; then
+  echo "KEEP: left $home and ~bench/delivered-*: delete them, then wait six minutes" >&2
+fi
 # bench_mta.py's table row: | name | N | size | conc | accept (range) | e2e (range) | cpu (range) |
 python3 - "$sq" "$pf" <<'PY'
 import sys

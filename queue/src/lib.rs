@@ -18,6 +18,7 @@
 pub mod cdbmap;
 pub mod envelope;
 pub mod external;
+mod groupsync;
 pub mod local;
 mod program;
 pub mod qq;

@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqmail_core::bounce;
 
 use crate::envelope::QueueEnvelope;
+use crate::groupsync::GroupSync;
 use crate::scheduler::{Channel, Failure, Mark, MessageId, OnDisk};
 use crate::spare::{unlink, Spares};
 use crate::store::{open_split, MAX_SPLIT};
@@ -106,7 +107,8 @@ struct Inner {
     info: Vec<OwnedFd>,
     local: Vec<OwnedFd>,
     remote: Vec<OwnedFd>,
-    todo: OwnedFd,
+    /// Shared with the queue writer's commits ([`GroupSync`]).
+    todo: Arc<GroupSync>,
     bounce: OwnedFd,
     /// Removed files of ours, reused by preprocessing.
     spares: Option<Arc<Spares>>,
@@ -163,7 +165,8 @@ impl Spool {
         };
         open(Dir::Pid.name())?;
         open(Dir::Intd.name())?;
-        let todo = open(Dir::Todo.name())?;
+        let todo_path = root.join(Dir::Todo.name());
+        let todo = GroupSync::shared(&todo_path).map_err(ctx(&todo_path))?;
         let bounce = open(Dir::Bounce.name())?;
         let mess = open_split(open(Dir::Mess.name())?.as_fd(), MAX_SPLIT);
         if mess.is_empty() {
@@ -338,8 +341,7 @@ impl Spool {
 
         unlink(&self.file(Dir::Todo, id))?;
         self.discard(&self.file(Dir::Intd, id))?;
-        let todo = self.inner.root.join(Dir::Todo.name());
-        sys::fsync(self.inner.todo.as_fd()).map_err(ctx(&todo))
+        self.inner.todo.sync()
     }
 
     /// Mark recipient `index` of `local/N` or `remote/N` done. For a
@@ -445,8 +447,7 @@ impl Spool {
     pub fn remove(&self, id: MessageId) -> io::Result<()> {
         if unlink(&self.file(Dir::Todo, id))? {
             self.discard(&self.file(Dir::Intd, id))?;
-            let todo = self.inner.root.join(Dir::Todo.name());
-            sys::fsync(self.inner.todo.as_fd()).map_err(ctx(&todo))?;
+            self.inner.todo.sync()?;
         }
         // mess/N goes last. Its inode is the message id, so until it is gone
         // no new message can be N, and a removal retried after an error

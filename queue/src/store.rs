@@ -26,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqmail_core::received;
 
 use crate::envelope::Envelope;
+use crate::groupsync::GroupSync;
 use crate::qq::QqError;
 use crate::spare::Spares;
 use crate::sys;
@@ -114,6 +115,9 @@ struct Dirs {
     intd: OwnedFd,
     todo: OwnedFd,
     mess: Vec<OwnedFd>,
+    /// Shared fsyncs of `todo/` and of the `mess/` subdirectories.
+    todo_sync: Arc<GroupSync>,
+    mess_sync: Vec<Arc<GroupSync>>,
     lock: Option<OwnedFd>,
     /// Files qmail-send removed, to be reused for `pid/` and `intd/`.
     spares: Option<Arc<Spares>>,
@@ -141,6 +145,11 @@ impl Queue {
         if mess.is_empty() {
             return Err(QqError::new(QqError::MESS));
         }
+        let todo_sync = GroupSync::shared(&root.join("todo")).map_err(err(QqError::TODO))?;
+        let mess_sync = (0..mess.len())
+            .map(|k| GroupSync::shared(&root.join("mess").join(k.to_string())))
+            .collect::<io::Result<_>>()
+            .map_err(err(QqError::MESS))?;
         Ok(Queue {
             dirs: Arc::new(Dirs {
                 spares: Spares::open(&root),
@@ -150,6 +159,8 @@ impl Queue {
                 intd,
                 todo,
                 mess,
+                todo_sync,
+                mess_sync,
                 lock,
             }),
         })
@@ -427,7 +438,9 @@ impl Incoming {
 
         // After the intd fsync this is usually already on disk (one journal
         // commit covers both), so it rarely costs a second commit.
-        sys::fsync(dirs.mess_dir(self.id)).map_err(write_err)?;
+        dirs.mess_sync[(self.id % dirs.split) as usize]
+            .sync()
+            .map_err(write_err)?;
         if last == Step::MessDirSynced {
             return Ok(self.id);
         }
@@ -439,7 +452,7 @@ impl Incoming {
             return Ok(self.id);
         }
 
-        sys::fsync(dirs.todo.as_fd()).map_err(write_err)?;
+        dirs.todo_sync.sync().map_err(write_err)?;
         dirs.pull_trigger();
         Ok(self.id)
     }

@@ -14,6 +14,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::groupsync::GroupSync;
+
 /// Deliveries made by this process, the `Q` part of the unique name, so
 /// threads of one process never collide.
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -76,7 +78,10 @@ pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), 
     if !linked {
         through_tmp(&tmpdir, &newdir, head, message)?;
     }
-    File::open(&newdir).and_then(|d| d.sync_all()).map_err(temp)
+    // Deliveries to one Maildir on other threads share the fsync of new/.
+    GroupSync::shared(&newdir)
+        .and_then(|dir| dir.sync())
+        .map_err(temp)
 }
 
 /// A file in `tmpdir`'s filesystem with no name yet (`O_TMPFILE`): a crash
