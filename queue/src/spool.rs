@@ -442,12 +442,15 @@ impl Spool {
     /// Remove a finished message as qmail-send does: `bounce/N`, `local/N`,
     /// `remote/N`, `info/N`, then `mess/N`. Files already gone are fine.
     /// A message never preprocessed (express, all delivered) first loses
-    /// `todo/N` and `intd/N`, durably: a `todo/N` back after a crash would
-    /// be delivered again.
+    /// `todo/N`, durably (a `todo/N` back after a crash would be delivered
+    /// again), then `intd/N`. Only such a message has an `intd/N` here, so
+    /// one found without `todo/N` is a removal retried after an error: the
+    /// sync is made again, as the first try may have failed in it.
     pub fn remove(&self, id: MessageId) -> io::Result<()> {
-        if unlink(&self.file(Dir::Todo, id))? {
-            self.discard(&self.file(Dir::Intd, id))?;
+        let intd = self.file(Dir::Intd, id);
+        if unlink(&self.file(Dir::Todo, id))? || intd.exists() {
             self.inner.todo.sync()?;
+            self.discard(&intd)?;
         }
         // mess/N goes last. Its inode is the message id, so until it is gone
         // no new message can be N, and a removal retried after an error

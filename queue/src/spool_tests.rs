@@ -522,6 +522,19 @@ fn an_express_message_is_removed_from_todo() {
 }
 
 #[test]
+fn an_express_removal_cut_short_is_finished_by_the_retry() {
+    // The first try removed todo/N and then failed (in the sync, say):
+    // the retry finds intd/N alone and finishes.
+    let f = setup();
+    let id = f.inject("s@example.org", &["l@here"]);
+    fs::remove_file(f.file("todo", id)).unwrap();
+    f.spool.remove(id).unwrap();
+    for dir in ["todo", "intd", "mess"] {
+        assert!(!f.file(dir, id).exists(), "{dir}");
+    }
+}
+
+#[test]
 fn preprocess_records_an_express_pass() {
     let f = setup();
     let id = f.inject("s@example.org", &["a@here", "b@here", "c@here"]);
