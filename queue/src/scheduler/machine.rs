@@ -351,11 +351,14 @@ impl Scheduler {
                 .collect()
         });
         let birth = self.now;
-        // One channel, and few enough recipients to hold a slot each.
+        // One channel, not held, and few enough recipients to hold a slot
+        // each.
         let express = self.config.express
             && Channel::ALL.into_iter().any(|c| {
                 let n = split[c as usize].len();
-                n == recipients.len() && (1..=self.config.concurrency[c as usize]).contains(&n)
+                n == recipients.len()
+                    && self.enabled[c as usize]
+                    && (1..=self.config.concurrency[c as usize]).contains(&n)
             });
         self.messages.insert(
             id,

@@ -240,6 +240,13 @@ fn express_is_only_for_new_mail_of_one_channel_that_fits_its_slots() {
         !a.iter().any(|a| matches!(a, Action::Preprocess { .. })),
         "{a:?}"
     );
+    // A held channel (no remote transport): preprocessed, as in qmail.
+    s.set_channel_enabled(Channel::Remote, false, "test");
+    let a = new_msg(&mut s, T0, 8, "a@b", &["x@far.example"]);
+    assert!(
+        a.iter().any(|a| matches!(a, Action::Preprocess { .. })),
+        "{a:?}"
+    );
 }
 
 #[test]
