@@ -14,8 +14,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::groupsync::GroupSync;
-
 /// Deliveries made by this process, the `Q` part of the unique name, so
 /// threads of one process never collide.
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -78,10 +76,10 @@ pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), 
     if !linked {
         through_tmp(&tmpdir, &newdir, head, message)?;
     }
-    // Deliveries to one Maildir on other threads share the fsync of new/.
-    GroupSync::shared(&newdir)
-        .and_then(|dir| dir.sync())
-        .map_err(temp)
+    // Not through the process-wide GroupSync registry: as root this runs
+    // in a child forked from a threaded daemon, where a lock another
+    // thread held at the fork would never be released.
+    File::open(&newdir).and_then(|d| d.sync_all()).map_err(temp)
 }
 
 /// A file in `tmpdir`'s filesystem with no name yet (`O_TMPFILE`): a crash
