@@ -1,6 +1,6 @@
 //! The scheduler's state and transitions.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use super::retry::next_retry;
 use super::{
@@ -106,6 +106,10 @@ pub struct Scheduler {
     writes: HashMap<Ticket, Action>,
     failed_writes: BTreeSet<(u64, Ticket)>,
     bounce_retry: BTreeSet<(u64, MessageId)>,
+    /// Channels of messages that were busy (in a pass, or waiting on a
+    /// write) at the last SIGALRM: their next retry is at once, so the
+    /// signal reaches a deferral that had not been recorded yet.
+    alarmed: HashSet<(MessageId, usize)>,
     next_ticket: u64,
     next_delivery: u64,
     actions: VecDeque<Action>,
@@ -126,6 +130,7 @@ impl Scheduler {
             writes: HashMap::new(),
             failed_writes: BTreeSet::new(),
             bounce_retry: BTreeSet::new(),
+            alarmed: HashSet::new(),
             next_ticket: 1,
             next_delivery: 1,
             actions: VecDeque::new(),
@@ -190,9 +195,19 @@ impl Scheduler {
     }
 
     /// SIGALRM: every waiting message is due now, as qmail-send's
-    /// `flagrunasap`. Retry times already past are unchanged.
+    /// `flagrunasap`, and so is the next retry of every channel still busy.
+    /// Retry times already past are unchanged.
     pub fn retry_now(&mut self) {
         let now = self.now;
+        self.alarmed = self
+            .messages
+            .iter()
+            .flat_map(|(&id, m)| {
+                (0..2)
+                    .filter(move |&c| m.chans[c].retry_at.is_none())
+                    .map(move |c| (id, c))
+            })
+            .collect();
         for c in 0..2 {
             let due: Vec<(u64, MessageId)> = self.waiting[c]
                 .iter()
@@ -470,6 +485,7 @@ impl Scheduler {
             }
             Action::RemoveMessage { id, .. } => {
                 let held = self.messages.remove(&id).map_or(Vec::new(), |m| m.held);
+                self.alarmed.retain(|&(alarmed, _)| alarmed != id);
                 for mark in &held {
                     self.in_flight[mark.channel as usize] -= 1;
                 }
@@ -576,7 +592,11 @@ impl Scheduler {
             return;
         }
         if m.rcpts[c].iter().any(|r| r.state == RState::Todo) {
-            let at = next_retry(m.birth, now, channel);
+            let at = if self.alarmed.remove(&(id, c)) {
+                now
+            } else {
+                next_retry(m.birth, now, channel)
+            };
             m.chans[c].retry_at = Some(at);
             self.waiting[c].insert((at, id));
         } else {
@@ -645,7 +665,11 @@ impl Scheduler {
         for channel in Channel::ALL {
             let c = channel as usize;
             if m.rcpts[c].iter().any(|r| r.state == RState::Todo) {
-                let at = next_retry(m.birth, now, channel);
+                let at = if self.alarmed.remove(&(id, c)) {
+                    now
+                } else {
+                    next_retry(m.birth, now, channel)
+                };
                 m.chans[c].retry_at = Some(at);
                 self.waiting[c].insert((at, id));
             }
