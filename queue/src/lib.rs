@@ -31,6 +31,7 @@ pub mod spool;
 pub mod store;
 mod sys;
 pub mod tcpto;
+mod wake;
 
 pub use cdbmap::CdbMap;
 pub use envelope::Envelope;
