@@ -15,13 +15,17 @@
 //! ignore it, and deleting it (or any file in it) at any time is harmless.
 
 use std::collections::HashMap;
-use std::fs;
+use std::ffi::CStr;
+use std::fs::{self, File};
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
+
+use crate::sys;
 
 /// At most this many spares are kept (each a small file, usually one
 /// block); a removal beyond it deletes.
@@ -39,6 +43,8 @@ const REFILL_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Spares {
     dir: PathBuf,
+    /// `dir`, open, for [`Spares::claim`].
+    fd: OwnedFd,
     state: Mutex<State>,
 }
 
@@ -71,8 +77,10 @@ impl Spares {
             return Some(pool.clone());
         }
         let names = list(&dir)?;
+        let fd = sys::open_dir(&dir).ok()?;
         let pool = Arc::new(Spares {
             dir,
+            fd,
             state: Mutex::new(State {
                 names,
                 last_refill: Some(Instant::now()),
@@ -94,6 +102,34 @@ impl Spares {
                 return true;
             }
             // Taken by another process, or spare/ was cleared: the next.
+        }
+    }
+
+    /// A spare opened for writing with `mode`, which `place` has moved out
+    /// of `spare/` (it gets the directory, the spare's name there and the
+    /// open file, so it can name the destination after the inode). A
+    /// spare another process took meanwhile (`place` fails with NotFound)
+    /// makes way for the next; `None` when there is none left or `place`
+    /// failed otherwise, which leaves that spare in the pool.
+    pub(crate) fn claim(
+        &self,
+        mode: u32,
+        mut place: impl FnMut(BorrowedFd<'_>, &CStr, &File) -> io::Result<()>,
+    ) -> Option<File> {
+        loop {
+            let name = sys::name(self.next_name()?).ok()?;
+            // Gone (taken by another process), or not ours: the next.
+            let Ok(file) = sys::reuse_at(self.fd.as_fd(), &name, mode) else {
+                continue;
+            };
+            match place(self.fd.as_fd(), &name, &file) {
+                Ok(()) => return Some(file),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(_) => {
+                    self.lock().names.push(name.into_string().ok()?);
+                    return None;
+                }
+            }
         }
     }
 
@@ -199,6 +235,7 @@ mod tests {
         // As another process would see them.
         let again = Spares {
             dir: spares.dir.clone(),
+            fd: sys::open_dir(&spares.dir).unwrap(),
             state: Mutex::new(State {
                 names: list(&spares.dir).unwrap(),
                 last_refill: None,
@@ -213,6 +250,44 @@ mod tests {
         assert_eq!(fs::read(&c).unwrap(), b"a");
         assert!(!again.take(&c));
         assert!(Arc::ptr_eq(&spares, &Spares::open(tmp.path()).unwrap()));
+    }
+
+    #[test]
+    fn a_claim_skips_spares_taken_meanwhile_and_keeps_one_it_could_not_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spares = Spares::open(tmp.path()).unwrap();
+        for name in ["a", "b", "c"] {
+            let path = tmp.path().join(name);
+            fs::write(&path, name).unwrap();
+            spares.keep(&path).unwrap();
+        }
+        let here = sys::open_dir(tmp.path()).unwrap();
+        let to_dest = |dir: BorrowedFd<'_>, name: &CStr| {
+            sys::rename_noreplace_at(dir, name, here.as_fd(), c"dest")
+        };
+        let mut tries = 0;
+        let file = spares.claim(0o644, |dir, name, _| {
+            tries += 1;
+            if tries == 1 {
+                // Another process took it between the open and the rename.
+                sys::unlink_at(dir, name)?;
+            }
+            to_dest(dir, name)
+        });
+        assert!(file.is_some());
+        assert_eq!(tries, 2);
+        assert_eq!(mode_of(&tmp.path().join("dest")), 0o644);
+        // A destination that exists: the spare stays in the pool.
+        let left = spares.lock().names.len();
+        assert!(spares
+            .claim(0o644, |dir, name, _| to_dest(dir, name))
+            .is_none());
+        assert_eq!(spares.lock().names.len(), left);
+        assert_eq!(fs::read_dir(tmp.path().join("spare")).unwrap().count(), 1);
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
     #[test]

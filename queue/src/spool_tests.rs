@@ -591,9 +591,9 @@ fn removed_files_are_reused_whole() {
     f.spool.remove(old).unwrap();
     assert_eq!(fs::read_dir(f.at("spare")).unwrap().count(), 4);
 
-    // The queue writer takes spares for pid/ (so mess/) and intd/,
-    // preprocessing for info/ and local/: no new file, and no stale byte
-    // survives.
+    // The queue writer takes spares for mess/ (straight, not through
+    // pid/) and intd/, preprocessing for info/ and local/: no new file, and
+    // no stale byte survives.
     let mut m = f.queue.begin(Invoker::User(1000)).unwrap();
     m.write(b"short\n").unwrap();
     let new = m

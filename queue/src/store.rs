@@ -1,7 +1,9 @@
 //! The queue on disk, in qmail 1.03's layout and write order.
 //!
 //! A message enters as qmail-queue puts it there: a fresh `pid/` file whose
-//! inode number N becomes the message id, linked to `mess/N%split/N`; the
+//! inode number N becomes the message id, linked to `mess/N%split/N` (or a
+//! file qmail-send removed, kept in `spare/`, renamed straight to
+//! `mess/N%split/N` after its inode); the
 //! Received line and body go into it; the envelope goes into `intd/N`; and
 //! the link `todo/N` commits it. qmail-send (or our scheduler) only ever
 //! looks at `todo/`, so until that link exists nothing is deliverable, and a
@@ -30,6 +32,7 @@ use crate::groupsync::GroupSync;
 use crate::qq::QqError;
 use crate::spare::Spares;
 use crate::sys;
+use crate::wake::{self, QueueKey};
 
 /// qmail's default `conf-split`.
 pub const DEFAULT_SPLIT: u64 = 23;
@@ -119,6 +122,8 @@ struct Dirs {
     todo_sync: Arc<GroupSync>,
     mess_sync: Vec<Arc<GroupSync>>,
     lock: Option<OwnedFd>,
+    /// For a qmail-send in this process to be woken directly.
+    key: Option<QueueKey>,
     /// Files qmail-send removed, to be reused for `pid/` and `intd/`.
     spares: Option<Arc<Spares>>,
 }
@@ -153,6 +158,7 @@ impl Queue {
         Ok(Queue {
             dirs: Arc::new(Dirs {
                 spares: Spares::open(&root),
+                key: QueueKey::of_queue(&root),
                 root,
                 split: mess.len() as u64,
                 pid,
@@ -184,37 +190,17 @@ impl Queue {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-
-        let (pid_name, file, reused) = dirs.create_pid_file(pid, now)?;
-        let discard_pid = || {
-            let _ = sys::unlink_at(dirs.pid.as_fd(), &pid_name);
+        let mess = match dirs.claim_mess() {
+            Some(mess) => mess,
+            None => dirs.create_mess(pid, now)?,
         };
-        let id = match file.metadata() {
-            Ok(meta) => meta.ino(),
-            Err(_) => {
-                discard_pid();
-                return Err(QqError::new(QqError::PID));
-            }
-        };
-        let mess_name = match sys::name(id.to_string()) {
-            Ok(n) => n,
-            Err(_) => {
-                discard_pid();
-                return Err(QqError::new(QqError::BUG));
-            }
-        };
-        let mess_dir = dirs.mess_dir(id);
-        if sys::link_at(dirs.pid.as_fd(), &pid_name, mess_dir, &mess_name).is_err() {
-            discard_pid();
-            return Err(QqError::new(QqError::MESS));
-        }
         // From here on `Incoming`'s Drop removes mess/N.
         let mut incoming = Incoming {
             queue: self.clone(),
-            id,
-            name: mess_name,
-            file,
-            reused,
+            id: mess.id,
+            name: mess.name,
+            file: mess.file,
+            reused: mess.reused,
             len: 0,
             buf: Vec::with_capacity(BUFFER.min(16 * 1024)),
             uid: invoker.uid(),
@@ -222,9 +208,6 @@ impl Queue {
             state: State::Writing,
             failed: false,
         };
-        if sys::unlink_at(dirs.pid.as_fd(), &pid_name).is_err() {
-            return Err(QqError::new(QqError::PID));
-        }
         let secs = i64::try_from(now).unwrap_or(i64::MAX);
         let line = received::queue_received(pid, invoker.received(), secs);
         incoming.buf.extend_from_slice(line.as_bytes());
@@ -235,6 +218,60 @@ impl Queue {
 impl Dirs {
     fn mess_dir(&self, id: u64) -> BorrowedFd<'_> {
         self.mess[(id % self.split) as usize].as_fd()
+    }
+
+    /// `mess/N` straight from a spare: renamed there once its inode N is
+    /// known, without qmail's hop through `pid/` (a link and an unlink
+    /// saved: a spare's inode is already unique). Says whether it did.
+    fn claim_mess(&self) -> Option<NewMess> {
+        let spares = self.spares.as_ref()?;
+        let mut placed = None;
+        let file = spares.claim(FILE_MODE, |dir, spare, file| {
+            let id = file.metadata()?.ino();
+            let name = sys::name(id.to_string())?;
+            sys::rename_noreplace_at(dir, spare, self.mess_dir(id), &name)?;
+            placed = Some((id, name));
+            Ok(())
+        });
+        let (id, name) = placed?;
+        Some(NewMess {
+            id,
+            name,
+            file: file?,
+            reused: true,
+        })
+    }
+
+    /// `mess/N` as qmail-queue makes it: a new `pid/` file whose inode
+    /// number is N, linked to `mess/N%split/N`, then unlinked from `pid/`.
+    fn create_mess(&self, pid: u32, now: u64) -> Result<NewMess, QqError> {
+        let (pid_name, file, reused) = self.create_pid_file(pid, now)?;
+        let discard_pid = || {
+            let _ = sys::unlink_at(self.pid.as_fd(), &pid_name);
+        };
+        let Ok(meta) = file.metadata() else {
+            discard_pid();
+            return Err(QqError::new(QqError::PID));
+        };
+        let id = meta.ino();
+        let Ok(name) = sys::name(id.to_string()) else {
+            discard_pid();
+            return Err(QqError::new(QqError::BUG));
+        };
+        if sys::link_at(self.pid.as_fd(), &pid_name, self.mess_dir(id), &name).is_err() {
+            discard_pid();
+            return Err(QqError::new(QqError::MESS));
+        }
+        if sys::unlink_at(self.pid.as_fd(), &pid_name).is_err() {
+            let _ = sys::unlink_at(self.mess_dir(id), &name);
+            return Err(QqError::new(QqError::PID));
+        }
+        Ok(NewMess {
+            id,
+            name,
+            file,
+            reused,
+        })
     }
 
     /// `pid/<pid>.<time>.<seq>`, made by [`Dirs::create`]; like qmail,
@@ -271,10 +308,14 @@ impl Dirs {
         sys::create_excl_at(dir, name, FILE_MODE).map(|file| (file, false))
     }
 
-    /// Wake qmail-send: one byte into `lock/trigger` without blocking. No
-    /// reader (ENXIO) or a full FIFO (EAGAIN) is fine: the message is
-    /// already queued and qmail-send rescans `todo/` on its own.
+    /// Wake qmail-send: directly if it runs in this process, else one byte
+    /// into `lock/trigger` without blocking. No reader (ENXIO) or a full
+    /// FIFO (EAGAIN) is fine: the message is already queued and qmail-send
+    /// rescans `todo/` on its own.
     fn pull_trigger(&self) {
+        if self.key.is_some_and(wake::notify) {
+            return;
+        }
         if let Some(lock) = &self.lock {
             let flags = libc::O_WRONLY | libc::O_NONBLOCK;
             if let Ok(mut fifo) = sys::open_at(lock.as_fd(), c"trigger", flags, 0) {
@@ -282,6 +323,15 @@ impl Dirs {
             }
         }
     }
+}
+
+/// A message's `mess/N`, just made.
+struct NewMess {
+    id: u64,
+    name: CString,
+    file: File,
+    /// A spare: its old bytes must be written over and cut off.
+    reused: bool,
 }
 
 /// Open the split subdirectories `0`, `1`, ... of `dir` (at most `max`),

@@ -134,6 +134,29 @@ pub(crate) fn link_at(
     })
 }
 
+/// Rename `old_dir/old` to `new_dir/new`; fails if `new` exists
+/// (`RENAME_NOREPLACE`; `EINVAL` where the filesystem cannot promise it).
+pub(crate) fn rename_noreplace_at(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+) -> io::Result<()> {
+    // SAFETY: valid fds and C strings.
+    retry(|| {
+        let r = unsafe {
+            libc::renameat2(
+                old_dir.as_raw_fd(),
+                old.as_ptr(),
+                new_dir.as_raw_fd(),
+                new.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        ((), r != 0)
+    })
+}
+
 /// Remove `dir/name`.
 pub(crate) fn unlink_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     // SAFETY: valid fd and C string.
