@@ -1,6 +1,7 @@
-//! Spare files: qmail-send's own removed files (`info/N`, `local/N`,
-//! `remote/N`) kept in `queue/spare/` and renamed into place for the next
-//! message, instead of being freed and created again.
+//! Spare files: the files of removed messages (`mess/N`, `intd/N`,
+//! `info/N`, `local/N`, `remote/N`) kept in `queue/spare/` (mode 0700, so
+//! their old contents stay unreadable to others) and renamed into place
+//! for the next message, instead of being freed and created again.
 //!
 //! Why: qmail's layout costs four new files per message, and creating a
 //! file is what the kernel makes expensive under load. On ext4 without a
@@ -16,10 +17,10 @@
 
 use std::collections::HashMap;
 use std::ffi::CStr;
-use std::fs::{self, File};
+use std::fs::{self, File, Metadata};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -30,11 +31,6 @@ use crate::sys;
 /// At most this many spares are kept (each a small file, usually one
 /// block); a removal beyond it deletes.
 pub const MAX_SPARES: usize = 1024;
-
-/// Spares are kept readable by their owner alone; whoever takes one sets
-/// the mode it needs. Setting it is also the ownership check: only the
-/// owner (or root) may, so nobody keeps a file it could not reuse.
-const SPARE_MODE: u32 = 0o600;
 
 /// How often an empty pool looks in `spare/` for what another process
 /// (a separate qmail-send) kept.
@@ -105,25 +101,26 @@ impl Spares {
         }
     }
 
-    /// A spare opened for writing with `mode`, which `place` has moved out
-    /// of `spare/` (it gets the directory, the spare's name there and the
-    /// open file, so it can name the destination after the inode). A
-    /// spare another process took meanwhile (`place` fails with NotFound)
-    /// makes way for the next; `None` when there is none left or `place`
-    /// failed otherwise, which leaves that spare in the pool.
+    /// A spare opened for writing with `mode`, and its metadata from
+    /// before, which `place` has moved out of `spare/` (it gets the
+    /// directory, the spare's name there and the metadata, so it can name
+    /// the destination after the inode). A spare another process took
+    /// meanwhile (`place` fails with NotFound) makes way for the next;
+    /// `None` when there is none left or `place` failed otherwise, which
+    /// leaves that spare in the pool.
     pub(crate) fn claim(
         &self,
         mode: u32,
-        mut place: impl FnMut(BorrowedFd<'_>, &CStr, &File) -> io::Result<()>,
-    ) -> Option<File> {
+        mut place: impl FnMut(BorrowedFd<'_>, &CStr, &Metadata) -> io::Result<()>,
+    ) -> Option<(File, Metadata)> {
         loop {
             let name = sys::name(self.next_name()?).ok()?;
             // Gone (taken by another process), or not ours: the next.
-            let Ok(file) = sys::reuse_at(self.fd.as_fd(), &name, mode) else {
+            let Ok((file, meta)) = sys::reuse_at(self.fd.as_fd(), &name, mode) else {
                 continue;
             };
-            match place(self.fd.as_fd(), &name, &file) {
-                Ok(()) => return Some(file),
+            match place(self.fd.as_fd(), &name, &meta) {
+                Ok(()) => return Some((file, meta)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(_) => {
                     self.lock().names.push(name.into_string().ok()?);
@@ -134,13 +131,18 @@ impl Spares {
     }
 
     /// Removes `path` by keeping it as a spare, or deletes it when there
-    /// are enough or it is not ours; says whether there was a file.
+    /// are enough or it is not ours (whoever takes a spare here runs as
+    /// we do); says whether there was a file. Its mode stays, and the
+    /// taker sets the one it needs: a chmod here would change the inode,
+    /// which the taker's fdatasync would then write out.
     pub(crate) fn keep(&self, path: &Path) -> io::Result<bool> {
         if self.lock().names.len() >= MAX_SPARES {
             return unlink(path);
         }
-        match fs::set_permissions(path, fs::Permissions::from_mode(SPARE_MODE)) {
-            Ok(()) => {}
+        match fs::symlink_metadata(path) {
+            // SAFETY: geteuid has no preconditions.
+            Ok(meta) if meta.is_file() && meta.uid() == unsafe { libc::geteuid() } => {}
+            Ok(_) => return unlink(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(_) => return unlink(path),
         }
@@ -203,6 +205,7 @@ pub(crate) fn unlink(path: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn a_kept_file_comes_back_elsewhere_with_its_inode() {

@@ -15,10 +15,10 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
-use std::fs::{self, File, FileTimes, Metadata, OpenOptions};
+use std::fs::{self, File, FileTimes, Metadata, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -614,9 +614,18 @@ impl Spool {
         let reused = self.inner.spares.as_ref().is_some_and(|s| s.take(path));
         let (file, created) = open_file(path, false)?;
         // Over the old contents, then cut to length: a spare keeps its
-        // block instead of freeing it and allocating another.
+        // block instead of freeing it and allocating another. Mode and
+        // length change only where they must: either changes the inode,
+        // which sync_data then writes too.
+        let meta = file.metadata().map_err(&c)?;
+        if meta.permissions().mode() & 0o7777 != FILE_MODE {
+            file.set_permissions(Permissions::from_mode(FILE_MODE))
+                .map_err(&c)?;
+        }
         file.write_all_at(data, 0).map_err(&c)?;
-        file.set_len(data.len() as u64).map_err(&c)?;
+        if meta.len() > data.len() as u64 {
+            file.set_len(data.len() as u64).map_err(&c)?;
+        }
         if let Some(mtime) = mtime {
             // After the write, which would move it; before the fsync, which
             // must cover it (so sync_all, not sync_data).

@@ -124,7 +124,7 @@ struct Dirs {
     lock: Option<OwnedFd>,
     /// For a qmail-send in this process to be woken directly.
     key: Option<QueueKey>,
-    /// Files qmail-send removed, to be reused for `pid/` and `intd/`.
+    /// Files qmail-send removed, to be reused for `mess/` and `intd/`.
     spares: Option<Arc<Spares>>,
 }
 
@@ -200,7 +200,7 @@ impl Queue {
             id: mess.id,
             name: mess.name,
             file: mess.file,
-            reused: mess.reused,
+            stale: mess.stale,
             len: 0,
             buf: Vec::with_capacity(BUFFER.min(16 * 1024)),
             uid: invoker.uid(),
@@ -226,26 +226,24 @@ impl Dirs {
     fn claim_mess(&self) -> Option<NewMess> {
         let spares = self.spares.as_ref()?;
         let mut placed = None;
-        let file = spares.claim(FILE_MODE, |dir, spare, file| {
-            let id = file.metadata()?.ino();
-            let name = sys::name(id.to_string())?;
-            sys::rename_noreplace_at(dir, spare, self.mess_dir(id), &name)?;
-            placed = Some((id, name));
+        let (file, meta) = spares.claim(FILE_MODE, |dir, spare, meta| {
+            let name = sys::name(meta.ino().to_string())?;
+            sys::rename_noreplace_at(dir, spare, self.mess_dir(meta.ino()), &name)?;
+            placed = Some(name);
             Ok(())
-        });
-        let (id, name) = placed?;
+        })?;
         Some(NewMess {
-            id,
-            name,
-            file: file?,
-            reused: true,
+            id: meta.ino(),
+            name: placed?,
+            file,
+            stale: meta.len(),
         })
     }
 
     /// `mess/N` as qmail-queue makes it: a new `pid/` file whose inode
     /// number is N, linked to `mess/N%split/N`, then unlinked from `pid/`.
     fn create_mess(&self, pid: u32, now: u64) -> Result<NewMess, QqError> {
-        let (pid_name, file, reused) = self.create_pid_file(pid, now)?;
+        let (pid_name, file, stale) = self.create_pid_file(pid, now)?;
         let discard_pid = || {
             let _ = sys::unlink_at(self.pid.as_fd(), &pid_name);
         };
@@ -270,19 +268,19 @@ impl Dirs {
             id,
             name,
             file,
-            reused,
+            stale,
         })
     }
 
     /// `pid/<pid>.<time>.<seq>`, made by [`Dirs::create`]; like qmail,
     /// give up with 63 after nine names that already exist.
-    fn create_pid_file(&self, pid: u32, now: u64) -> Result<(CString, File, bool), QqError> {
+    fn create_pid_file(&self, pid: u32, now: u64) -> Result<(CString, File, u64), QqError> {
         for _ in 0..9 {
             let seq = SEQ.fetch_add(1, Ordering::Relaxed);
             let name =
                 sys::name(format!("{pid}.{now}.{seq}")).map_err(|_| QqError::new(QqError::BUG))?;
             match self.create(self.pid.as_fd(), "pid", &name) {
-                Ok((file, reused)) => return Ok((name, file, reused)),
+                Ok((file, stale)) => return Ok((name, file, stale)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(_) => break,
             }
@@ -291,21 +289,21 @@ impl Dirs {
     }
 
     /// `subdir/name` (`dir` open), new and exclusive, or a spare renamed
-    /// there; says whether it is a spare, whose old bytes the caller must
-    /// write over and cut off.
-    fn create(&self, dir: BorrowedFd<'_>, subdir: &str, name: &CStr) -> io::Result<(File, bool)> {
+    /// there; with the length of a spare's old contents (0 for a new
+    /// file), which the caller writes over and cuts off where longer.
+    fn create(&self, dir: BorrowedFd<'_>, subdir: &str, name: &CStr) -> io::Result<(File, u64)> {
         if let Some(spares) = &self.spares {
             let path = self
                 .root
                 .join(subdir)
                 .join(std::ffi::OsStr::from_bytes(name.to_bytes()));
             if spares.take(&path) {
-                if let Ok(file) = sys::reuse_at(dir, name, FILE_MODE) {
-                    return Ok((file, true));
+                if let Ok((file, meta)) = sys::reuse_at(dir, name, FILE_MODE) {
+                    return Ok((file, meta.len()));
                 }
             }
         }
-        sys::create_excl_at(dir, name, FILE_MODE).map(|file| (file, false))
+        sys::create_excl_at(dir, name, FILE_MODE).map(|file| (file, 0))
     }
 
     /// Wake qmail-send: directly if it runs in this process, else one byte
@@ -330,8 +328,9 @@ struct NewMess {
     id: u64,
     name: CString,
     file: File,
-    /// A spare: its old bytes must be written over and cut off.
-    reused: bool,
+    /// The length of a spare's old contents (0 for a new file): what the
+    /// message does not write over must be cut off.
+    stale: u64,
 }
 
 /// Open the split subdirectories `0`, `1`, ... of `dir` (at most `max`),
@@ -382,8 +381,8 @@ pub struct Incoming {
     id: u64,
     name: CString,
     file: File,
-    /// `file` is a spare: cut it to `len` before it counts.
-    reused: bool,
+    /// Old bytes of a spare `file`: cut to `len` before it counts.
+    stale: u64,
     /// Bytes written to `file` so far.
     len: u64,
     buf: Vec<u8>,
@@ -463,7 +462,9 @@ impl Incoming {
         let dirs = &queue.dirs;
 
         self.flush()?;
-        if self.reused {
+        // Only a spare longer than the message needs cutting. Setting the
+        // length changes the inode, which sync_data must then write too.
+        if self.stale > self.len {
             self.file.set_len(self.len).map_err(write_err)?;
         }
         self.file.sync_data().map_err(write_err)?;
@@ -471,13 +472,13 @@ impl Incoming {
             return Ok(self.id);
         }
 
-        let (mut intd, reused) = self.create_intd()?;
+        let (mut intd, stale) = self.create_intd()?;
         if last == Step::IntdCreated {
             return Ok(self.id);
         }
         let bytes = envelope.to_intd_bytes(self.uid, self.pid);
         write_all(&mut intd, &bytes)?;
-        if reused {
+        if stale > bytes.len() as u64 {
             intd.set_len(bytes.len() as u64).map_err(write_err)?;
         }
         intd.sync_data().map_err(write_err)?;
@@ -510,7 +511,7 @@ impl Incoming {
     /// `intd/N`, exclusively. A leftover `intd/N` can only be stale: N is
     /// the inode of our own `mess/N`, so no live injection owns it; remove
     /// it and try once more instead of failing like qmail 1.03.
-    fn create_intd(&mut self) -> Result<(File, bool), QqError> {
+    fn create_intd(&mut self) -> Result<(File, u64), QqError> {
         let dirs = &self.queue.dirs;
         let dir = dirs.intd.as_fd();
         for _ in 0..2 {

@@ -5,10 +5,11 @@
 //! the hot path, and a directory fd to `fsync` for durable links.
 
 use std::ffi::{CStr, CString};
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// A file name for the `*at` calls. Names the store makes never contain NUL;
@@ -72,15 +73,21 @@ pub(crate) fn create_excl_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io:
 }
 
 /// Open the existing `name` in `dir` write-only (not truncated) and give
-/// it exactly `mode`, as [`create_excl_at`] would have made it; on failure
-/// it is removed.
-pub(crate) fn reuse_at(dir: BorrowedFd<'_>, name: &CStr, mode: u32) -> io::Result<File> {
+/// it exactly `mode`, as [`create_excl_at`] would have made it, with its
+/// metadata from before; on failure it is removed. The mode is set only if
+/// it differs: a change of mode is a change of the inode, which the next
+/// `fdatasync` would write out.
+pub(crate) fn reuse_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: u32,
+) -> io::Result<(File, fs::Metadata)> {
     let reused = open_at(dir, name, libc::O_WRONLY, 0).and_then(|file| {
-        // SAFETY: fchmod on a descriptor we own.
-        if unsafe { libc::fchmod(file.as_raw_fd(), mode as libc::mode_t) } != 0 {
-            return Err(io::Error::last_os_error());
+        let meta = file.metadata()?;
+        if meta.permissions().mode() & 0o7777 != mode {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
         }
-        Ok(file)
+        Ok((file, meta))
     });
     if reused.is_err() {
         let _ = unlink_at(dir, name);
