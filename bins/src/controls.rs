@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sqmail_core::control::SmtpdControls;
-use sqmail_core::policy::{Lookup, LookupError, SmtpPolicy};
+use sqmail_core::policy::SmtpPolicy;
 use sqmail_core::recipients::{self, Recipients};
 use sqmail_core::smtp::Config;
-use sqmail_queue::cdbmap::CdbMap;
+use sqmail_queue::cdbmap::{CdbMap, FreshCdb};
 
 use crate::home::Home;
 
@@ -76,22 +76,9 @@ fn load_recipients(home: &Home) -> Result<Recipients, String> {
     Recipients::build("recipients", &rules, &mut |path| {
         let path = home.path().join(path);
         CdbMap::open(&path).map_err(|e| e.to_string())?;
-        Ok(Box::new(FreshCdb(path)))
+        Ok(Box::new(FreshCdb::new(path)))
     })
     .map_err(in_home)
-}
-
-/// A cdb opened for each lookup: one open and a few preads per RCPT buy
-/// seeing a cdb replaced by rename at once (a held `CdbMap` would keep the
-/// old file; the mtime check runs only once a second).
-struct FreshCdb(PathBuf);
-
-impl Lookup for FreshCdb {
-    fn contains(&self, key: &[u8]) -> Result<bool, LookupError> {
-        CdbMap::open(&self.0)
-            .map_err(|e| LookupError(format!("{}: {e}", self.0.display())))?
-            .contains(key)
-    }
 }
 
 /// The session's limits and texts from the controls.

@@ -9,23 +9,34 @@
 //! checked against the file and reads are `pread`s, so a bad file is an
 //! error, never a crash. (The crate is used in the tests to write cdbs.)
 
-use std::fs::File;
-use std::io;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, Metadata};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sqmail_core::policy::{Lookup, LookupError};
 
 /// The 256 (position, slots) pairs at the start of every cdb.
 const HEADER: u64 = 2048;
 
+/// A cdb up to this size is read into memory by [`CdbMap::load`]; a
+/// larger one is read from the file as it is looked up.
+const IN_MEMORY: u64 = 16 << 20;
+
 /// An open cdb file. Keeps the file it opened: a cdb replaced by rename
 /// (as cdbmake does) is seen only when the map is opened again.
 #[derive(Debug)]
 pub struct CdbMap {
-    file: File,
+    bytes: Source,
     len: u64,
     path: PathBuf,
+}
+
+#[derive(Debug)]
+enum Source {
+    File(File),
+    Memory(Vec<u8>),
 }
 
 impl CdbMap {
@@ -35,11 +46,29 @@ impl CdbMap {
     pub fn open(path: &Path) -> io::Result<CdbMap> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
+        Self::new(Source::File(file), len, path)
+    }
+
+    /// [`CdbMap::open`], reading a cdb of up to 16 MiB into memory so that
+    /// lookups make no system calls; with the metadata of what it read.
+    pub fn load(path: &Path) -> io::Result<(CdbMap, Metadata)> {
+        let mut file = File::open(path)?;
+        let meta = file.metadata()?;
+        if meta.len() > IN_MEMORY {
+            return Ok((Self::new(Source::File(file), meta.len(), path)?, meta));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        file.read_to_end(&mut bytes)?;
+        let len = bytes.len() as u64;
+        Ok((Self::new(Source::Memory(bytes), len, path)?, meta))
+    }
+
+    fn new(bytes: Source, len: u64, path: &Path) -> io::Result<CdbMap> {
         if !(HEADER..=u64::from(u32::MAX)).contains(&len) {
             return Err(invalid());
         }
         Ok(CdbMap {
-            file,
+            bytes,
             len,
             path: path.to_owned(),
         })
@@ -120,13 +149,88 @@ impl CdbMap {
         if pos + buf.len() as u64 > self.len {
             return Err(invalid());
         }
-        self.file.read_exact_at(buf, pos).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                invalid()
-            } else {
-                e
+        match &self.bytes {
+            Source::File(file) => file.read_exact_at(buf, pos).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    invalid()
+                } else {
+                    e
+                }
+            }),
+            Source::Memory(bytes) => {
+                // In bounds: pos + buf.len() <= len == bytes.len().
+                let start = pos as usize;
+                buf.copy_from_slice(&bytes[start..start + buf.len()]);
+                Ok(())
             }
-        })
+        }
+    }
+}
+
+/// A cdb named by its path and looked up as if opened anew each time, so
+/// that one replaced by rename (as cdbmake does) applies at once, as when
+/// qmail-lspawn or qmail-smtpd open it for every lookup; but for the price
+/// of one `stat`: the file is read again only when the path names another
+/// file, or the file changed.
+#[derive(Debug)]
+pub struct FreshCdb {
+    path: PathBuf,
+    held: Mutex<Option<(Identity, Arc<CdbMap>)>>,
+}
+
+/// What tells one version of a file from another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Identity {
+    fn of(meta: &Metadata) -> Identity {
+        Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+impl FreshCdb {
+    pub fn new(path: PathBuf) -> FreshCdb {
+        FreshCdb {
+            path,
+            held: Mutex::new(None),
+        }
+    }
+
+    /// The cdb as the path names it now; errors as [`CdbMap::open`]'s.
+    pub fn get(&self) -> io::Result<Arc<CdbMap>> {
+        let now = Identity::of(&std::fs::metadata(&self.path)?);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((identity, map)) = held.as_ref() {
+            if *identity == now {
+                return Ok(Arc::clone(map));
+            }
+        }
+        let (map, meta) = CdbMap::load(&self.path)?;
+        let map = Arc::new(map);
+        // Kept under the identity of what was read, so a change between
+        // the stat and the read is seen at the next lookup.
+        *held = Some((Identity::of(&meta), Arc::clone(&map)));
+        Ok(map)
+    }
+}
+
+impl Lookup for FreshCdb {
+    fn contains(&self, key: &[u8]) -> Result<bool, LookupError> {
+        self.get()
+            .and_then(|map| map.contains_key(key))
+            .map_err(|e| LookupError(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -215,6 +319,33 @@ mod tests {
         assert!(err.0.contains("bad.cdb"), "{}", err.0);
     }
 
+    #[test]
+    fn a_fresh_cdb_sees_a_replacement_and_reads_a_kept_one_from_memory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = build(tmp.path(), &[(b"a", b"1")]);
+        let fresh = FreshCdb::new(path.clone());
+        let first = fresh.get().unwrap();
+        assert_eq!(first.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert!(
+            Arc::ptr_eq(&first, &fresh.get().unwrap()),
+            "unchanged: kept"
+        );
+        // Replaced by rename, as cdbmake does.
+        let next = tmp.path().join("next");
+        std::fs::create_dir(&next).unwrap();
+        let built = build(&next, &[(b"a", b"2")]);
+        std::fs::rename(built, &path).unwrap();
+        assert_eq!(fresh.get().unwrap().get(b"a").unwrap(), Some(b"2".to_vec()));
+        assert!(fresh.contains(b"a").unwrap());
+        // The kept map answers from memory: the file may go meanwhile.
+        let kept = fresh.get().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(kept.get(b"a").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(fresh.get().unwrap_err().kind(), io::ErrorKind::NotFound);
+        let err = fresh.contains(b"a").unwrap_err();
+        assert!(err.0.contains("t.cdb"), "{}", err.0);
+    }
+
     proptest! {
         #[test]
         fn agrees_with_cdb_writer(
@@ -225,11 +356,14 @@ mod tests {
             let keys: Vec<Vec<u8>> = keys.into_iter().collect();
             let records: Vec<(&[u8], &[u8])> =
                 keys.iter().map(|k| (k.as_slice(), k.as_slice())).collect();
-            let m = CdbMap::open(&build(tmp.path(), &records)).unwrap();
-            for k in &keys {
-                prop_assert_eq!(m.get(k).unwrap(), Some(k.clone()));
+            let path = build(tmp.path(), &records);
+            let (loaded, _) = CdbMap::load(&path).unwrap();
+            for m in [CdbMap::open(&path).unwrap(), loaded] {
+                for k in &keys {
+                    prop_assert_eq!(m.get(k).unwrap(), Some(k.clone()));
+                }
+                prop_assert_eq!(m.contains_key(&probe).unwrap(), keys.contains(&probe));
             }
-            prop_assert_eq!(m.contains_key(&probe).unwrap(), keys.contains(&probe));
         }
 
         #[test]
@@ -241,7 +375,8 @@ mod tests {
             let path = tmp.path().join("g.cdb");
             std::fs::write(&path, &bytes).unwrap();
             let m = CdbMap::open(&path).unwrap();
-            let _ = m.get(&key);
+            let (loaded, _) = CdbMap::load(&path).unwrap();
+            prop_assert_eq!(m.get(&key).ok(), loaded.get(&key).ok());
         }
     }
 }

@@ -5,11 +5,12 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sqmail_core::assign::{self, UserEntry};
 
-use crate::cdbmap::CdbMap;
+use crate::cdbmap::FreshCdb;
 
 /// qmail-getpw's `GETPW_USERLEN`: longer candidate names are not tried.
 const USERLEN: usize = 32;
@@ -79,9 +80,23 @@ pub const TEMP_FAILURE: &str = "Temporary failure in qmail-lspawn.";
 pub const NFS_FAILURE: &str = "NFS failure in qmail-local.";
 pub const NO_ALIAS: &str = "Unable to find alias user!";
 
+/// `users/cdb` of `qmail_home`, kept for this process: qmail-lspawn opens
+/// it for every delivery, which [`FreshCdb`] matches for one `stat`.
+fn users_cdb(qmail_home: &Path) -> Arc<FreshCdb> {
+    static HOMES: Mutex<Vec<(PathBuf, Arc<FreshCdb>)>> = Mutex::new(Vec::new());
+    let path = qmail_home.join("users/cdb");
+    let mut homes = HOMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, cdb)) = homes.iter().find(|(p, _)| *p == path) {
+        return Arc::clone(cdb);
+    }
+    let cdb = Arc::new(FreshCdb::new(path.clone()));
+    homes.push((path, Arc::clone(&cdb)));
+    cdb
+}
+
 /// The user, home, dash and extension for `local` (not empty).
 pub fn lookup(qmail_home: &Path, local: &[u8], pw: &dyn Passwd) -> Result<UserEntry, &'static str> {
-    match CdbMap::open(&qmail_home.join("users/cdb")) {
+    match users_cdb(qmail_home).get() {
         Ok(cdb) => match assign::lookup(local, |k| cdb.get(k)) {
             Ok(Some(e)) => return Ok(e),
             Ok(None) => {}
