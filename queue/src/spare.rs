@@ -41,6 +41,11 @@ pub(crate) struct Spares {
     dir: PathBuf,
     /// `dir`, open, for [`Spares::claim`].
     fd: OwnedFd,
+    /// This process's pid and euid, read once: a removal asks for them
+    /// twice per file, and only the process that opened the pool keeps
+    /// (a delivery forked from it queues nothing itself).
+    pid: u32,
+    euid: u32,
     state: Mutex<State>,
 }
 
@@ -77,6 +82,9 @@ impl Spares {
         let pool = Arc::new(Spares {
             dir,
             fd,
+            pid: std::process::id(),
+            // SAFETY: geteuid has no preconditions.
+            euid: unsafe { libc::geteuid() },
             state: Mutex::new(State {
                 names,
                 last_refill: Some(Instant::now()),
@@ -140,19 +148,14 @@ impl Spares {
             return unlink(path);
         }
         match fs::symlink_metadata(path) {
-            // SAFETY: geteuid has no preconditions.
-            Ok(meta) if meta.is_file() && meta.uid() == unsafe { libc::geteuid() } => {}
+            Ok(meta) if meta.is_file() && meta.uid() == self.euid => {}
             Ok(_) => return unlink(path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(_) => return unlink(path),
         }
         // Unique between processes (pid) and within one (counter).
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "{}.{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("{}.{}", self.pid, SEQ.fetch_add(1, Ordering::Relaxed));
         match fs::rename(path, self.dir.join(&name)) {
             Ok(()) => {
                 self.lock().names.push(name);
@@ -239,6 +242,8 @@ mod tests {
         let again = Spares {
             dir: spares.dir.clone(),
             fd: sys::open_dir(&spares.dir).unwrap(),
+            pid: spares.pid,
+            euid: spares.euid,
             state: Mutex::new(State {
                 names: list(&spares.dir).unwrap(),
                 last_refill: None,

@@ -58,11 +58,23 @@ fn hostname() -> String {
 pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), String> {
     let tmpdir = dir.join("tmp");
     let newdir = dir.join("new");
-    if !tmpdir.is_dir() || !newdir.is_dir() {
+    let delivered = deliver_into(&tmpdir, &newdir, head, message);
+    // qmail-local's chdir check, made after the fact: a delivery to a
+    // whole Maildir, the usual case, then costs no stat for it.
+    if delivered.is_err() && !(tmpdir.is_dir() && newdir.is_dir()) {
         return Err("Unable to chdir to maildir. (#4.2.1)".into());
     }
-    let linked = match anonymous_file(&tmpdir) {
-        Ok(file) => link_anonymous(&write(file, head, message)?, &newdir)?,
+    delivered
+}
+
+fn deliver_into(
+    tmpdir: &Path,
+    newdir: &Path,
+    head: &[&[u8]],
+    message: &Path,
+) -> Result<(), String> {
+    let linked = match anonymous_file(tmpdir) {
+        Ok(file) => link_anonymous(&write(file, head, message)?, newdir)?,
         Err(e)
             if matches!(
                 e.raw_os_error(),
@@ -74,12 +86,12 @@ pub(super) fn deliver(dir: &Path, head: &[&[u8]], message: &Path) -> Result<(), 
         Err(e) => return Err(temp(e)),
     };
     if !linked {
-        through_tmp(&tmpdir, &newdir, head, message)?;
+        through_tmp(tmpdir, newdir, head, message)?;
     }
     // Not through the process-wide GroupSync registry: as root this runs
     // in a child forked from a threaded daemon, where a lock another
     // thread held at the fork would never be released.
-    File::open(&newdir).and_then(|d| d.sync_all()).map_err(temp)
+    File::open(newdir).and_then(|d| d.sync_all()).map_err(temp)
 }
 
 /// A file in `tmpdir`'s filesystem with no name yet (`O_TMPFILE`): a crash

@@ -101,7 +101,24 @@ fn maildir_without_o_tmpfile_goes_through_tmp() {
 fn missing_maildir_defers() {
     let s = setup();
     s.dotqmail(".qmail", "./Nope/\n");
-    assert_eq!(s.run("joe", "", "", "a@b").verdict, Verdict::Deferral);
+    let out = s.run("joe", "", "", "a@b");
+    assert_eq!(out.verdict, Verdict::Deferral);
+    assert!(
+        out.report.contains("Unable to chdir to maildir. (#4.2.1)"),
+        "{}",
+        out.report
+    );
+    // Half a Maildir: tmp/ but no new/. Nothing is left behind in tmp/.
+    fs::create_dir_all(s.home.join("Half/tmp")).unwrap();
+    s.dotqmail(".qmail", "./Half/\n");
+    let out = s.run("joe", "", "", "a@b");
+    assert_eq!(out.verdict, Verdict::Deferral);
+    assert!(
+        out.report.contains("Unable to chdir to maildir. (#4.2.1)"),
+        "{}",
+        out.report
+    );
+    assert_eq!(fs::read_dir(s.home.join("Half/tmp")).unwrap().count(), 0);
 }
 
 #[test]
