@@ -92,24 +92,12 @@ pub fn main(args: RemoteArgs) -> ExitCode {
         .into_iter()
         .map(String::into_bytes)
         .collect();
-    let mut stdin = io::stdin().lock();
-    let delivery = match seekable_stdin() {
-        Some(mut file) => {
-            remote.deliver(&args.host, args.sender.as_bytes(), &recipients, &mut file)
-        }
-        None => {
-            // A pipe: keep it, since the message is read twice.
-            let mut message = Vec::new();
-            match stdin.read_to_end(&mut message) {
-                Ok(_) => remote.deliver(
-                    &args.host,
-                    args.sender.as_bytes(),
-                    &recipients,
-                    &mut io::Cursor::new(message),
-                ),
-                Err(_) => remote::unreadable(),
-            }
-        }
+    // A pipe is copied to a temporary file first, since the message is
+    // read twice: on disk, not in memory, whatever its size.
+    let message = seekable_stdin().map_or_else(|| spool(&mut io::stdin().lock()), Ok);
+    let delivery = match message {
+        Ok(mut file) => remote.deliver(&args.host, args.sender.as_bytes(), &recipients, &mut file),
+        Err(_) => remote::unreadable(),
     };
     remote.close_idle();
     report(&delivery)
@@ -122,6 +110,36 @@ fn seekable_stdin() -> Option<std::fs::File> {
     let mut probe = &file;
     probe.stream_position().ok()?;
     Some(file)
+}
+
+/// `input`, copied into a file with no name in the temporary directory
+/// (`O_TMPFILE`; where there is none, a new file unlinked at once).
+fn spool(input: &mut impl Read) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = std::env::temp_dir();
+    let anonymous = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(&dir);
+    let mut file = match anonymous {
+        Ok(file) => file,
+        Err(_) => {
+            let path = dir.join(format!("sqmail-remote.{}", std::process::id()));
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            std::fs::remove_file(&path)?;
+            file
+        }
+    };
+    io::copy(input, &mut file)?;
+    file.rewind()?;
+    Ok(file)
 }
 
 fn report(delivery: &Delivery) -> ExitCode {

@@ -26,7 +26,8 @@ Subject: remote \xc3\xa9t\xc3\xa9\n\
 trailing blanks   \n\
 \n";
 
-/// `sqmail remote` with `message` on stdin: its report, entry by entry.
+/// `sqmail remote` with `message` on stdin, a file as qmail-rspawn gives
+/// it: its report, entry by entry.
 fn remote(home: &Path, args: &[&str], message: &[u8]) -> Vec<String> {
     let path = home.join("message-in");
     std::fs::write(&path, message).unwrap();
@@ -37,6 +38,24 @@ fn remote(home: &Path, args: &[&str], message: &[u8]) -> Vec<String> {
         .stdin(std::fs::File::open(&path).unwrap())
         .output()
         .unwrap();
+    report_of(out)
+}
+
+/// [`remote`] with the message through a pipe.
+fn remote_piped(home: &Path, args: &[&str], message: &[u8]) -> Vec<String> {
+    let mut child = sqmail()
+        .args(["remote", "--home"])
+        .arg(home)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    report_of(child.wait_with_output().unwrap())
+}
+
+fn report_of(out: std::process::Output) -> Vec<String> {
     assert!(out.status.success(), "{out:?}");
     let report = String::from_utf8(out.stdout).unwrap();
     assert!(report.ends_with('\0'), "{report:?}");
@@ -367,6 +386,38 @@ fn remote_to(home: &TestHome, peer: &Scripted, recipients: &[&str], message: &[u
     let mut args = vec!["--mx-port", &port, "[127.0.0.1]", "joe@here.test"];
     args.extend(recipients);
     remote(&home.path, &args, message)
+}
+
+#[test]
+fn a_message_on_a_pipe_goes_out_whole() {
+    // Read twice (size, then data), so it is spooled to a file first; a
+    // large one shows that nothing is cut.
+    let home = TestHome::new("remote-pipe");
+    let peer = server(|_| None);
+    let mut message = MESSAGE.to_vec();
+    for i in 0..20_000 {
+        message.extend_from_slice(format!("line {i} of a long message\n").as_bytes());
+    }
+    let port = peer.addr.port().to_string();
+    let report = remote_piped(
+        &home.path,
+        &[
+            "--mx-port",
+            &port,
+            "[127.0.0.1]",
+            "joe@here.test",
+            "a@x.test",
+        ],
+        &message,
+    );
+    assert_eq!(report[0], "r", "{report:?}");
+    assert!(
+        report[1].starts_with("K127.0.0.1 accepted message."),
+        "{report:?}"
+    );
+    let seen = peer.seen();
+    assert_eq!(seen.matches(" of a long message\r\n").count(), 20_000);
+    assert!(seen.contains("\r\nline 19999 of a long message\r\n"));
 }
 
 #[test]
