@@ -3,8 +3,8 @@
 //! [`mio::Waker`].
 
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 use mio::Waker;
@@ -28,20 +28,21 @@ pub(crate) struct Done {
 type Task = (Key, Ticket, Job);
 
 pub(crate) struct Pool {
-    tasks: Option<Sender<Task>>,
+    tasks: Option<crossbeam_channel::Sender<Task>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Pool {
     pub fn new(threads: usize, done: Sender<Done>, waker: Arc<Waker>) -> io::Result<Pool> {
-        let (tasks, queue) = mpsc::channel::<Task>();
-        let queue = Arc::new(Mutex::new(queue));
+        // Idle workers wait on the channel itself: a task wakes one of
+        // them and nothing else.
+        let (tasks, queue) = crossbeam_channel::unbounded::<Task>();
         let mut pool = Pool {
             tasks: Some(tasks),
             threads: Vec::new(),
         };
         for i in 0..threads.max(1) {
-            let queue = Arc::clone(&queue);
+            let queue = queue.clone();
             let done = done.clone();
             let waker = Arc::clone(&waker);
             let thread = thread::Builder::new()
@@ -60,11 +61,9 @@ impl Pool {
     }
 }
 
-fn work(queue: &Mutex<Receiver<Task>>, done: &Sender<Done>, waker: &Waker) {
+fn work(queue: &crossbeam_channel::Receiver<Task>, done: &Sender<Done>, waker: &Waker) {
     loop {
-        // The lock is held only while waiting, never while a job runs.
-        let task = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((key, ticket, job)) = task else {
+        let Ok((key, ticket, job)) = queue.recv() else {
             return;
         };
         let verdict = run_job(job);

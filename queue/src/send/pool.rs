@@ -2,12 +2,12 @@
 //! to the daemon's event channel. Two pools keep slow deliveries from
 //! holding up the queue writes the scheduler waits on.
 
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
 pub struct Pool<J> {
-    jobs: Option<Sender<J>>,
+    jobs: Option<crossbeam_channel::Sender<J>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -24,25 +24,22 @@ impl<J: Send + 'static> Pool<J> {
         R: Send + 'static,
         W: Fn(J) -> R + Send + Sync + 'static,
     {
-        let (tx, rx) = mpsc::channel::<J>();
-        let rx = Arc::new(Mutex::new(rx));
+        // Idle threads wait on the channel itself, so a job wakes one of
+        // them and nothing else (a lock around one receiver cost a second
+        // wake-up per job, handing the lock on).
+        let (tx, rx) = crossbeam_channel::unbounded::<J>();
         let work = Arc::new(work);
         let threads = (0..size.max(1))
             .map(|i| {
-                let rx: Arc<Mutex<Receiver<J>>> = Arc::clone(&rx);
+                let rx = rx.clone();
                 let work = Arc::clone(&work);
                 let results = results.clone();
                 thread::Builder::new()
                     .name(format!("{name}-{i}"))
                     .spawn(move || loop {
-                        // The lock is held only to take a job, never while
-                        // working, so a fork in `work` inherits no held lock
-                        // of ours.
-                        let job = match rx.lock() {
-                            Ok(rx) => rx.recv(),
-                            Err(_) => return,
-                        };
-                        let Ok(job) = job else { return };
+                        // No lock of ours is held while working, so a fork
+                        // in `work` inherits none.
+                        let Ok(job) = rx.recv() else { return };
                         if results.send(work(job)).is_err() {
                             return;
                         }
