@@ -12,7 +12,7 @@
 //! write, a `DeliveryResult` for an outstanding delivery (any outcome and
 //! report), `BounceInjected`/`BounceFailed` for an outstanding bounce, time
 //! moving forward (waking at each `poll_timeout`), a crash, holding or
-//! releasing a channel. After the ops a prompt host answers everything
+//! releasing a channel, SIGALRM's `retry_now`. After the ops a prompt host answers everything
 //! until the queue is empty.
 //!
 //! Invariants: no panic; `handle` never returns `Misuse` (the host answers
@@ -633,6 +633,10 @@ impl Host {
             13 => {
                 let c = Channel::ALL[b.u8() as usize % 2];
                 self.set_enabled(c, !self.enabled[c as usize]);
+            }
+            14 => {
+                self.s.retry_now();
+                self.collect();
             }
             _ => self.handle(Input::Tick),
         }

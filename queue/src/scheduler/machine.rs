@@ -106,10 +106,10 @@ pub struct Scheduler {
     writes: HashMap<Ticket, Action>,
     failed_writes: BTreeSet<(u64, Ticket)>,
     bounce_retry: BTreeSet<(u64, MessageId)>,
-    /// Channels of messages that were busy (in a pass, or waiting on a
-    /// write) at the last SIGALRM: their next retry is at once, so the
-    /// signal reaches a deferral that had not been recorded yet.
-    alarmed: HashSet<(MessageId, usize)>,
+    /// Express messages whose pass was over but not yet recorded at the
+    /// last SIGALRM: their deferrals are due at once when it is, as they
+    /// would have been had the record been quicker than the signal.
+    alarmed: HashSet<MessageId>,
     next_ticket: u64,
     next_delivery: u64,
     actions: VecDeque<Action>,
@@ -195,18 +195,22 @@ impl Scheduler {
     }
 
     /// SIGALRM: every waiting message is due now, as qmail-send's
-    /// `flagrunasap`, and so is the next retry of every channel still busy.
-    /// Retry times already past are unchanged.
+    /// `flagrunasap`, including an express message whose deferrals are
+    /// known but still being written down. Retry times already past are
+    /// unchanged; deliveries in flight retry on the usual schedule.
     pub fn retry_now(&mut self) {
         let now = self.now;
-        self.alarmed = self
-            .messages
-            .iter()
-            .flat_map(|(&id, m)| {
-                (0..2)
-                    .filter(move |&c| m.chans[c].retry_at.is_none())
-                    .map(move |c| (id, c))
+        let recording: HashSet<MessageId> = self
+            .writes
+            .values()
+            .filter_map(|w| match w {
+                Action::Preprocess { id, .. } => Some(*id),
+                _ => None,
             })
+            .collect();
+        self.alarmed = recording
+            .into_iter()
+            .filter(|id| self.messages.get(id).is_some_and(|m| m.express))
             .collect();
         for c in 0..2 {
             let due: Vec<(u64, MessageId)> = self.waiting[c]
@@ -485,7 +489,7 @@ impl Scheduler {
             }
             Action::RemoveMessage { id, .. } => {
                 let held = self.messages.remove(&id).map_or(Vec::new(), |m| m.held);
-                self.alarmed.retain(|&(alarmed, _)| alarmed != id);
+                self.alarmed.remove(&id);
                 for mark in &held {
                     self.in_flight[mark.channel as usize] -= 1;
                 }
@@ -592,11 +596,7 @@ impl Scheduler {
             return;
         }
         if m.rcpts[c].iter().any(|r| r.state == RState::Todo) {
-            let at = if self.alarmed.remove(&(id, c)) {
-                now
-            } else {
-                next_retry(m.birth, now, channel)
-            };
+            let at = next_retry(m.birth, now, channel);
             m.chans[c].retry_at = Some(at);
             self.waiting[c].insert((at, id));
         } else {
@@ -662,10 +662,11 @@ impl Scheduler {
             m.bounces.extend(mark.failure);
         }
         m.phase = Phase::Active;
+        let alarmed = self.alarmed.remove(&id);
         for channel in Channel::ALL {
             let c = channel as usize;
             if m.rcpts[c].iter().any(|r| r.state == RState::Todo) {
-                let at = if self.alarmed.remove(&(id, c)) {
+                let at = if alarmed {
                     now
                 } else {
                     next_retry(m.birth, now, channel)
