@@ -36,10 +36,9 @@ bin=/tmp/sqmail-bench-bin
 install -m 0755 "$root/target/release/sqmail" "$bin"
 
 # setpriv execs in place (runuser forks and, killed, leaves its child
-# running): `$!` is then sqmail itself, which the TERM below must reach.
-run_as() {
-  if [ "$AS" = root ]; then "$@"; else setpriv --reuid="$AS" --regid="$AS" --init-groups "$@"; fi
-}
+# running).
+as_user=()
+[ "$AS" = root ] || as_user=(setpriv --reuid="$AS" --regid="$AS" --init-groups)
 
 echo "== sqmail up (as $AS)" >&2
 postfix stop >/dev/null 2>&1 || true
@@ -57,7 +56,10 @@ else
   keep=()
 fi
 mkdir -p "$home"; chown "$AS" "$home"
-run_as "$bin" up --home "$home" --smtp 127.0.0.1:$SQ_PORT --submission none --smtps none \
+# A simple command, not a shell function: in the background a function
+# runs in a subshell of its own, `$!` would be that shell, and the TERM
+# below would leave sqmail running (and measured beside Postfix).
+"${as_user[@]}" "$bin" up --home "$home" --smtp 127.0.0.1:$SQ_PORT --submission none --smtps none \
   --pop3 none --pop3s none --qmtp none --qmqp none --qmtps none >/tmp/sqmail-bench.log 2>&1 &
 up=$!
 for _ in $(seq 100); do
@@ -67,11 +69,15 @@ if ! kill -0 "$up" 2>/dev/null; then
   cat /tmp/sqmail-bench.log >&2
   exit 1
 fi
-echo | run_as "$bin" user add --home "$home" bench@bench.test >/dev/null
+echo | "${as_user[@]}" "$bin" user add --home "$home" bench@bench.test >/dev/null
 sleep 2  # up rereads locals/virtualdomains once a second
 sq=$(python3 "$here/bench_mta.py" --name sqmail --port $SQ_PORT --n "$N" --conc "$CONC" --reps "$REPS" "${keep[@]}" \
   --maildir "$home/mailboxes/bench@bench.test/Maildir" | tee /dev/stderr | grep '^| sqmail |' | tail -1)
 kill -TERM "$up"; wait "$up" || true
+if ss -Hltn "sport = :$SQ_PORT" | grep -q .; then
+  echo "delivery.sh: sqmail did not stop on SIGTERM" >&2
+  exit 1
+fi
 
 echo "== postfix" >&2
 PORT=$PF_PORT "$here/setup_postfix.sh" >/dev/null
