@@ -126,18 +126,9 @@ pub(crate) fn link_at(
     new_dir: BorrowedFd<'_>,
     new: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: valid fds and C strings.
-    retry(|| {
-        let r = unsafe {
-            libc::linkat(
-                old_dir.as_raw_fd(),
-                old.as_ptr(),
-                new_dir.as_raw_fd(),
-                new.as_ptr(),
-                0,
-            )
-        };
-        ((), r != 0)
+    // SAFETY: valid fds and C strings, as `from_to` passes them.
+    from_to(old_dir, old, new_dir, new, |a, b, c, d| unsafe {
+        libc::linkat(a, b, c, d, 0)
     })
 }
 
@@ -149,17 +140,27 @@ pub(crate) fn rename_noreplace_at(
     new_dir: BorrowedFd<'_>,
     new: &CStr,
 ) -> io::Result<()> {
-    // SAFETY: valid fds and C strings.
+    // SAFETY: valid fds and C strings, as `from_to` passes them.
+    from_to(old_dir, old, new_dir, new, |a, b, c, d| unsafe {
+        libc::renameat2(a, b, c, d, libc::RENAME_NOREPLACE)
+    })
+}
+
+/// A call on two names, each relative to a directory, retried on EINTR.
+fn from_to(
+    old_dir: BorrowedFd<'_>,
+    old: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new: &CStr,
+    call: impl Fn(libc::c_int, *const libc::c_char, libc::c_int, *const libc::c_char) -> libc::c_int,
+) -> io::Result<()> {
     retry(|| {
-        let r = unsafe {
-            libc::renameat2(
-                old_dir.as_raw_fd(),
-                old.as_ptr(),
-                new_dir.as_raw_fd(),
-                new.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
+        let r = call(
+            old_dir.as_raw_fd(),
+            old.as_ptr(),
+            new_dir.as_raw_fd(),
+            new.as_ptr(),
+        );
         ((), r != 0)
     })
 }
