@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -89,6 +89,11 @@ impl GroupSync {
             }
             state = self.finished.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// The directory, open.
+    pub(crate) fn dir(&self) -> BorrowedFd<'_> {
+        self.dir.as_fd()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -116,11 +116,10 @@ struct Dirs {
     split: u64,
     pid: OwnedFd,
     intd: OwnedFd,
-    todo: OwnedFd,
-    mess: Vec<OwnedFd>,
-    /// Shared fsyncs of `todo/` and of the `mess/` subdirectories.
-    todo_sync: Arc<GroupSync>,
-    mess_sync: Vec<Arc<GroupSync>>,
+    /// `todo/` and the `mess/` subdirectories, open, with their fsyncs
+    /// shared by everything in this process that writes there.
+    todo: Arc<GroupSync>,
+    mess: Vec<Arc<GroupSync>>,
     lock: Option<OwnedFd>,
     /// For a qmail-send in this process to be woken directly.
     key: Option<QueueKey>,
@@ -144,14 +143,14 @@ impl Queue {
         let pid = sub(c"pid", QqError::PID)?;
         let mess_dir = sub(c"mess", QqError::MESS)?;
         let intd = sub(c"intd", QqError::INTD)?;
-        let todo = sub(c"todo", QqError::TODO)?;
+        let todo = GroupSync::shared(&root.join("todo")).map_err(err(QqError::TODO))?;
         let lock = sub(c"lock", QqError::QUEUE_DIR).ok();
-        let mess = open_split(mess_dir.as_fd(), MAX_SPLIT);
-        if mess.is_empty() {
+        // The split is how many subdirectories open; each is then shared.
+        let split = open_split(mess_dir.as_fd(), MAX_SPLIT).len();
+        if split == 0 {
             return Err(QqError::new(QqError::MESS));
         }
-        let todo_sync = GroupSync::shared(&root.join("todo")).map_err(err(QqError::TODO))?;
-        let mess_sync = (0..mess.len())
+        let mess = (0..split)
             .map(|k| GroupSync::shared(&root.join("mess").join(k.to_string())))
             .collect::<io::Result<_>>()
             .map_err(err(QqError::MESS))?;
@@ -160,13 +159,11 @@ impl Queue {
                 spares: Spares::open(&root),
                 key: QueueKey::of_queue(&root),
                 root,
-                split: mess.len() as u64,
+                split: split as u64,
                 pid,
                 intd,
                 todo,
                 mess,
-                todo_sync,
-                mess_sync,
                 lock,
             }),
         })
@@ -217,7 +214,7 @@ impl Queue {
 
 impl Dirs {
     fn mess_dir(&self, id: u64) -> BorrowedFd<'_> {
-        self.mess[(id % self.split) as usize].as_fd()
+        self.mess[(id % self.split) as usize].dir()
     }
 
     /// `mess/N` straight from a spare: renamed there once its inode N is
@@ -489,21 +486,21 @@ impl Incoming {
 
         // After the intd fsync this is usually already on disk (one journal
         // commit covers both), so it rarely costs a second commit.
-        dirs.mess_sync[(self.id % dirs.split) as usize]
+        dirs.mess[(self.id % dirs.split) as usize]
             .sync()
             .map_err(write_err)?;
         if last == Step::MessDirSynced {
             return Ok(self.id);
         }
 
-        sys::link_at(dirs.intd.as_fd(), &self.name, dirs.todo.as_fd(), &self.name)
+        sys::link_at(dirs.intd.as_fd(), &self.name, dirs.todo.dir(), &self.name)
             .map_err(|_| QqError::new(QqError::TODO))?;
         self.state = State::Committed;
         if last == Step::TodoLinked {
             return Ok(self.id);
         }
 
-        dirs.todo_sync.sync().map_err(write_err)?;
+        dirs.todo.sync().map_err(write_err)?;
         dirs.pull_trigger();
         Ok(self.id)
     }
