@@ -52,13 +52,15 @@ impl CdbMap {
     /// [`CdbMap::open`], reading a cdb of up to 16 MiB into memory so that
     /// lookups make no system calls; with the metadata of what it read.
     pub fn load(path: &Path) -> io::Result<(CdbMap, Metadata)> {
-        let mut file = File::open(path)?;
+        let file = File::open(path)?;
         let meta = file.metadata()?;
         if meta.len() > IN_MEMORY {
             return Ok((Self::new(Source::File(file), meta.len(), path)?, meta));
         }
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.read_to_end(&mut bytes)?;
+        // No more than was measured, should the file grow meanwhile: the
+        // checks against `len` make a cut-off cdb an error, not a guess.
+        file.take(IN_MEMORY).read_to_end(&mut bytes)?;
         let len = bytes.len() as u64;
         Ok((Self::new(Source::Memory(bytes), len, path)?, meta))
     }
