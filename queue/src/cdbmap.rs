@@ -60,7 +60,7 @@ impl CdbMap {
         let mut bytes = Vec::with_capacity(meta.len() as usize);
         // No more than was measured, should the file grow meanwhile: the
         // checks against `len` make a cut-off cdb an error, not a guess.
-        file.take(IN_MEMORY).read_to_end(&mut bytes)?;
+        file.take(meta.len()).read_to_end(&mut bytes)?;
         let len = bytes.len() as u64;
         Ok((Self::new(Source::Memory(bytes), len, path)?, meta))
     }
