@@ -7,6 +7,8 @@
 //! - [`scheduler`]: qmail-send's decisions as a pure machine;
 //! - [`local`]: qmail-lspawn and qmail-local;
 //! - [`send`]: qmail-send: the scheduler over the spool, with deliveries;
+//! - `direct`: delivery before queueing, where qmail-send runs beside the
+//!   server;
 //! - [`envelope`]: qmail-queue's envelope formats;
 //! - [`qq`]: qmail-queue's exit codes and their reply texts;
 //! - [`external`]: running a `QMAILQUEUE` program instead;
@@ -16,6 +18,7 @@
 //! - [`qmail_queue_main`]: the `qmail-queue` program.
 
 pub mod cdbmap;
+mod direct;
 pub mod envelope;
 pub mod external;
 mod groupsync;

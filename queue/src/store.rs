@@ -355,6 +355,8 @@ enum State {
     IntdMade,
     /// todo/N exists: the message is queued and must never be removed here.
     Committed,
+    /// Delivered without queueing, and mess/N kept as a spare.
+    Delivered,
 }
 
 /// The steps of [`Incoming::commit`], so tests can stop after any of them
@@ -437,8 +439,75 @@ impl Incoming {
     /// final `fsync` of `todo/` fail, the message is already visible to
     /// qmail-send and is left in place; the error (53) makes the client
     /// retry, so the worst case is a duplicate, never a loss.
+    ///
+    /// A message that the qmail-send of this process can deliver at once
+    /// ([`crate::direct`]) is delivered instead and never queued; N is
+    /// then its id in qmail-send's log.
     pub fn commit(mut self, envelope: &Envelope) -> Result<u64, QqError> {
+        if self.deliver_directly(envelope)? {
+            return Ok(self.id);
+        }
         self.commit_until(envelope, Step::Done)
+    }
+
+    /// [`Direct::deliver`](crate::direct::Direct::deliver), when a qmail-send
+    /// here lends its rules; `mess/N` then becomes a spare.
+    fn deliver_directly(&mut self, envelope: &Envelope) -> Result<bool, QqError> {
+        let Some(in_process) = self.queue.dirs.key.and_then(wake::in_process) else {
+            return Ok(false);
+        };
+        let Some(direct) = &in_process.direct else {
+            return Ok(false);
+        };
+        if self.state != State::Writing || self.failed {
+            return Ok(false);
+        }
+        envelope.validate()?;
+        if !direct.deliver(self, envelope) {
+            return Ok(false);
+        }
+        let path = self.path();
+        if let Some(spares) = &self.queue.dirs.spares {
+            if spares.keep(&path).is_ok() {
+                self.state = State::Delivered;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes out what is buffered and cuts off a spare's old bytes, so
+    /// that `mess/N` holds the message for a delivery to read; its path.
+    pub(crate) fn complete(&mut self) -> Result<PathBuf, QqError> {
+        if self.failed {
+            return Err(QqError::new(QqError::WRITE));
+        }
+        self.flush()?;
+        if self.stale > self.len {
+            self.file
+                .set_len(self.len)
+                .map_err(|_| QqError::new(QqError::WRITE))?;
+            self.stale = self.len;
+        }
+        Ok(self.path())
+    }
+
+    /// The message's size so far.
+    pub(crate) fn size(&self) -> u64 {
+        self.len + self.buf.len() as u64
+    }
+
+    /// The invoker's uid (the envelope's `u`).
+    pub(crate) fn uid(&self) -> u32 {
+        self.uid
+    }
+
+    /// `mess/N%split/N`.
+    fn path(&self) -> PathBuf {
+        let dirs = &self.queue.dirs;
+        dirs.root
+            .join("mess")
+            .join((self.id % dirs.split).to_string())
+            .join(self.id.to_string())
     }
 
     /// Give up on the message and remove its files (the same as dropping).
@@ -532,7 +601,7 @@ impl Drop for Incoming {
     /// before mess, and mess truncated first so its space is freed even if
     /// the unlink fails.
     fn drop(&mut self) {
-        if self.state == State::Committed {
+        if matches!(self.state, State::Committed | State::Delivered) {
             return;
         }
         let dirs = &self.queue.dirs;

@@ -110,6 +110,9 @@ pub struct Request<'a> {
     pub default_delivery: &'a [u8],
     /// Unix seconds for the mbox `From ` line.
     pub now: u64,
+    /// Deliver only to Maildirs ([`crate::direct`], before the message is
+    /// queued): instructions of any other kind defer, before any is run.
+    pub maildir_only: bool,
 }
 
 /// `local@host` split at the last `@`.

@@ -18,6 +18,10 @@ use super::{maildir, mbox, program, Forward, Outcome, Request, Verdict};
 /// sqmail also refuses group-writable ones, as s/qmail does.
 const PATRN: u32 = 0o022;
 
+/// The deferral of a Maildir-only delivery whose `.qmail` asks for more.
+pub(super) const NOT_MAILDIR_ONLY: &str =
+    "Not only Maildir deliveries: the queue takes the message.";
+
 fn path(home: &Path, p: &[u8]) -> PathBuf {
     home.join(OsStr::from_bytes(p))
 }
@@ -117,6 +121,15 @@ fn run_inner(user: &UserEntry, req: &Request<'_>, report: &mut String) -> Result
     };
     let instructions = dotqmail::parse(&contents).map_err(z)?;
     dotqmail::check_forward_only(&instructions, executable).map_err(z)?;
+    let maildir_or_noop = |i: &Instruction| {
+        !matches!(
+            i,
+            Instruction::Program(_) | Instruction::Mbox(_) | Instruction::Forward(_)
+        )
+    };
+    if req.maildir_only && !instructions.iter().all(maildir_or_noop) {
+        return Err(z(NOT_MAILDIR_ONLY));
+    }
 
     let env = ctx.environment(req.now, &newsender, default.as_deref());
     let rpline = ctx.rpline();

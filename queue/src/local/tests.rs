@@ -43,6 +43,16 @@ impl Setup {
         fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
     }
     fn run(&self, local: &str, dash: &str, ext: &str, sender: &str) -> Outcome {
+        self.run_only(local, dash, ext, sender, false)
+    }
+    fn run_only(
+        &self,
+        local: &str,
+        dash: &str,
+        ext: &str,
+        sender: &str,
+        maildir_only: bool,
+    ) -> Outcome {
         let rcpt = format!("{local}@example.com");
         let req = Request {
             qmail_home: self.dir.path(),
@@ -51,6 +61,7 @@ impl Setup {
             recipient: rcpt.as_bytes(),
             default_delivery: b"./Maildir/\n",
             now: 0,
+            maildir_only,
         };
         deliver_as_current_user(&self.user(dash, ext), &req)
     }
@@ -83,6 +94,35 @@ fn maildir_default_delivery_and_unique_names() {
     let (a, b) = (maildir::unique_name(), maildir::unique_name());
     assert_ne!(a, b);
     assert!(a.contains(".M") && a.contains(&format!("P{}Q", std::process::id())));
+}
+
+#[test]
+fn maildir_only_runs_nothing_unless_every_line_is_a_maildir() {
+    let s = setup();
+    s.dotqmail(".qmail-ok", "# two copies\n./Maildir/\n./Maildir/\n");
+    let o = s.run_only("joe-ok", "-", "ok", "a@b.c", true);
+    assert_eq!(o.verdict, Verdict::Success, "{o:?}");
+    assert_eq!(s.maildir_new().len(), 2);
+    // A Maildir first, then a program, a forward or an mbox: nothing is
+    // delivered, so that the queue's delivery is the only one.
+    for (ext, rest) in [
+        ("prog", "|touch ran"),
+        ("fwd", "&x@example.org"),
+        ("mbox", "./mbox"),
+    ] {
+        s.dotqmail(&format!(".qmail-{ext}"), &format!("./Maildir/\n{rest}\n"));
+        let o = s.run_only(&format!("joe-{ext}"), "-", ext, "a@b.c", true);
+        assert_eq!(
+            (o.verdict, o.report.as_str()),
+            (
+                Verdict::Deferral,
+                "Not only Maildir deliveries: the queue takes the message.\n"
+            ),
+            "{ext}"
+        );
+        assert_eq!(s.maildir_new().len(), 2, "{ext}");
+    }
+    assert!(!s.home.join("ran").exists() && !s.home.join("mbox").exists());
 }
 
 #[test]
@@ -423,6 +463,7 @@ fn top_level_trash_and_root() {
         recipient: b"@example.com",
         default_delivery: b"./Maildir/\n",
         now: 0,
+        maildir_only: false,
     };
     assert_eq!(deliver_with(&req, &NoUsers).verdict, Verdict::Success);
     // SAFETY: geteuid has no preconditions.
@@ -499,6 +540,7 @@ fn as_root_delivers_as_the_recipient() {
         recipient: b"joe@example.com",
         default_delivery: b"./Maildir/\n",
         now: 0,
+        maildir_only: false,
     };
     let o = deliver_with(&req, &table);
     assert_eq!(o.verdict, Verdict::Success, "{o:?}");

@@ -15,7 +15,7 @@ const VERP_MARK: &[u8] = b"-@[]";
 /// qmail-send's `senderadd`: a VERP sender `owner-@host-@[]` delivers to
 /// `box@rhost` with the return path `owner-box=rhost@host`; any other
 /// sender (or a recipient without `@`) is used as it is.
-pub(super) fn return_path(sender: &[u8], recipient: &[u8]) -> Vec<u8> {
+pub(crate) fn return_path(sender: &[u8], recipient: &[u8]) -> Vec<u8> {
     let verp = sender.strip_suffix(VERP_MARK).and_then(|s| {
         let at = s.iter().rposition(|&b| b == b'@')?;
         let rat = recipient.iter().rposition(|&b| b == b'@')?;
@@ -273,6 +273,10 @@ impl Scheduler {
                 bytes,
             } => self.on_new(id, sender, recipients, (bytes, qp, uid)),
             Input::Recovered(disk) => self.on_recovered(disk),
+            Input::DeliveredDirectly(d) => {
+                self.on_direct(d);
+                Ok(())
+            }
             Input::Written(ticket) => self.on_written(ticket),
             Input::WriteFailed(ticket) => match self.writes.get(&ticket) {
                 Some(action) => {
@@ -345,6 +349,18 @@ impl Scheduler {
     }
 
     // ---- transitions ----
+
+    /// qmail-send's lines for a message it never held: numbered like its
+    /// own deliveries, so qmailanalog pairs them as usual.
+    fn on_direct(&mut self, d: super::DirectDelivery) {
+        let delivery = self.next_delivery;
+        self.next_delivery += 1;
+        self.log(log::new_msg(d.id));
+        self.log(log::info_msg(d.id, d.bytes, &d.sender, d.qp, d.uid));
+        self.log(log::starting(delivery, d.id, Channel::Local, &d.recipient));
+        self.log(log::delivery(delivery, "success", &d.report));
+        self.log(log::end_msg(d.id));
+    }
 
     fn on_new(
         &mut self,

@@ -33,6 +33,7 @@ mod tests;
 
 pub use classify::{Rewriter, VirtualDomains};
 pub use log::safe as log_safe;
+pub(crate) use machine::return_path;
 pub use machine::Scheduler;
 pub use retry::{chanskip, isqrt, next_retry};
 
@@ -162,8 +163,27 @@ pub enum Input {
     BounceInjected { id: MessageId, qp: u32 },
     /// The bounce could not be queued; it is asked for again later.
     BounceFailed { id: MessageId },
+    /// A message delivered before it was queued ([`crate::direct`]): it
+    /// is logged as a message that came and went, with one delivery.
+    DeliveredDirectly(DirectDelivery),
     /// Time passed.
     Tick,
+}
+
+/// What a delivery made before queueing tells the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectDelivery {
+    /// The id the message had while it was written: `mess/N`'s inode.
+    pub id: MessageId,
+    pub sender: Vec<u8>,
+    /// The local address delivered to (after `virtualdomains`).
+    pub recipient: Vec<u8>,
+    /// The message's size, with qmail-queue's pid and the invoker's uid.
+    pub bytes: u64,
+    pub qp: u32,
+    pub uid: u32,
+    /// qmail-local's report.
+    pub report: Vec<u8>,
 }
 
 /// One failure to report in a bounce.

@@ -371,6 +371,41 @@ fn draining_starts_nothing_but_takes_results() {
 }
 
 #[test]
+fn a_direct_delivery_is_logged_like_a_message_and_takes_a_number() {
+    let mut s = Scheduler::new(config());
+    s.handle(
+        T0,
+        Input::DeliveredDirectly(DirectDelivery {
+            id: 9,
+            sender: b"a@b.example".to_vec(),
+            recipient: b"joe@here.example".to_vec(),
+            bytes: 120,
+            qp: 42,
+            uid: 7,
+            report: b"did_1+0+0/".to_vec(),
+        }),
+    )
+    .unwrap();
+    let r = drain(&mut s);
+    // Only log lines: nothing to write, nothing held.
+    assert_eq!(
+        logs(&r),
+        [
+            "new msg 9",
+            "info msg 9: bytes 120 from <a@b.example> qp 42 uid 7",
+            "starting delivery 1: msg 9 to local joe@here.example",
+            "delivery 1: success: did_1+0+0/",
+            "end msg 9",
+        ]
+    );
+    assert_eq!(r.len(), 5);
+    // The next delivery of its own is number 2, and id 9 is free again.
+    let r = new_msg(&mut s, T0, 9, "a@b.example", &["joe@here.example"]);
+    let r = confirm_all(&mut s, T0, &r);
+    assert_eq!(starts(&r)[0].0, 2, "{r:?}");
+}
+
+#[test]
 fn new_rewriter_applies_to_new_messages() {
     let mut s = Scheduler::new(config());
     s.set_rewriter(Rewriter::new(

@@ -29,9 +29,12 @@ pub use controls::{load, load_rewriter, Reader, SendControls, MAX_CONCURRENCY};
 pub use remote::{RemoteJob, RemoteResult, Transport};
 pub use worker::{Answer, Worker};
 
-use crate::scheduler::{Action, Channel, Input, MessageId, Misuse, Rewriter, Scheduler, Ticket};
+use crate::direct::Direct;
+use crate::scheduler::{
+    Action, Channel, DirectDelivery, Input, MessageId, Misuse, Rewriter, Scheduler, Ticket,
+};
 use crate::spool::Spool;
-use crate::wake::{self, QueueKey};
+use crate::wake::{self, InProcess, QueueKey};
 use pool::Pool;
 use remote::Batcher;
 use trigger::Trigger;
@@ -59,6 +62,9 @@ pub enum Control {
     Reload(Rewriter),
     /// SIGTERM: finish the deliveries in flight, record, exit.
     Exit,
+    /// A server of this process delivered a message without queueing it
+    /// ([`crate::direct`]): log it.
+    Delivered(DirectDelivery),
 }
 
 enum Event {
@@ -115,6 +121,9 @@ pub struct Daemon {
     /// inodes, reused once `mess/N` is gone): scan again after the next
     /// answer, which may be that removal's.
     rescan: bool,
+    /// The rules lent to this process's servers, to deliver before
+    /// queueing (taken when the daemon runs).
+    direct: Option<Direct>,
 }
 
 /// Unix seconds.
@@ -128,6 +137,13 @@ impl Daemon {
     /// Opens the queue and takes its lock (one qmail-send per queue).
     pub fn new(options: Options) -> Result<Daemon, String> {
         let home = options.home;
+        let (events, inbox) = mpsc::channel();
+        let direct = Direct::new(
+            home.clone(),
+            options.default_delivery.clone(),
+            options.controls.scheduler.rewriter.clone(),
+            Handle(events.clone()),
+        );
         let spool = Spool::open(&home).map_err(|e| format!("{}: {e}", home.display()))?;
         let lock = spool.lock().map_err(|e| e.to_string())?;
         let worker = Worker::new(
@@ -141,7 +157,6 @@ impl Daemon {
         if options.remote.is_none() {
             scheduler.set_channel_enabled(Channel::Remote, false, REMOTE_HELD);
         }
-        let (events, inbox) = mpsc::channel();
         Ok(Daemon {
             scheduler,
             worker,
@@ -153,6 +168,7 @@ impl Daemon {
             in_todo: HashSet::new(),
             outstanding: 0,
             rescan: false,
+            direct: Some(direct),
         })
     }
 
@@ -222,11 +238,14 @@ impl Daemon {
             let wake = Arc::clone(&wake);
             move || wake()
         })?;
-        let _in_process = QueueKey::of_queue(queue).map(|key| {
-            wake::listen(key, move || {
+        let in_process = Arc::new(InProcess {
+            wake: Box::new(move || {
                 wake();
-            })
+            }),
+            direct: self.direct.take(),
         });
+        let mut listening =
+            QueueKey::of_queue(queue).map(|key| wake::listen(key, Arc::clone(&in_process)));
 
         let mut now = unix_now();
         self.cleanup(now, log)?;
@@ -273,11 +292,14 @@ impl Daemon {
                     pool.submit(job);
                 }
             }
-            if exiting && self.outstanding == 0 {
+            // A server still delivering with our rules sends its record
+            // yet: wait for it (polled, as nothing wakes us when it ends).
+            let lent = Arc::strong_count(&in_process) > 1;
+            if exiting && self.outstanding == 0 && !lent {
                 break;
             }
             let deadline = if exiting {
-                None
+                lent.then_some(now)
             } else {
                 let t = next_scan.min(next_cleanup);
                 Some(self.scheduler.poll_timeout().map_or(t, |s| s.min(t)))
@@ -326,12 +348,23 @@ impl Daemon {
                     self.intake(now, log)?;
                 }
                 Ok(Event::Control(Control::Reload(rewriter))) => {
+                    if let Some(direct) = &in_process.direct {
+                        direct.set_rewriter(rewriter.clone());
+                    }
                     self.scheduler.set_rewriter(rewriter);
                     writeln!(log, "status: reread locals and virtualdomains")?;
                 }
                 Ok(Event::Control(Control::Exit)) => {
+                    // Commits from now on queue and wake nobody, as if
+                    // qmail-send ran elsewhere.
+                    drop(listening.take());
                     self.scheduler.drain();
                     exiting = true;
+                }
+                Ok(Event::Control(Control::Delivered(direct))) => {
+                    self.scheduler
+                        .handle(now, Input::DeliveredDirectly(direct))
+                        .ok();
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if now >= next_scan {

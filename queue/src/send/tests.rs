@@ -153,6 +153,9 @@ fn start_with(home: &Path, remote: Option<Arc<dyn Transport>>) -> Running {
     let log = Log::default();
     let mut out = log.clone();
     let thread = thread::spawn(move || daemon.run(&mut out));
+    // Running once it offers itself to this process's commits.
+    let key = wake::QueueKey::of_queue(&home.join("queue")).unwrap();
+    wait_for("the daemon", &log, || wake::in_process(key).is_some());
     Running {
         handle,
         thread: Some(thread),
@@ -395,4 +398,133 @@ fn remote_recipients_of_one_domain_travel_in_one_job() {
         bounce.contains("<bad@FAR.example>:\nno such user"),
         "{bounce}"
     );
+}
+
+#[test]
+fn a_message_for_a_maildir_is_delivered_before_its_commit_returns() {
+    let s = site();
+    let run = start(&s.home);
+    let id = inject(
+        &s.home,
+        "a@b.example",
+        &["joe@here.example"],
+        "Subject: direct\n\nbody\n",
+    );
+    // No waiting: delivered, and nothing queued.
+    let mail = maildir(&s.joe);
+    assert_eq!(mail.len(), 1);
+    assert!(
+        mail[0].starts_with("Return-Path: <a@b.example>\nDelivered-To: joe@here.example\n"),
+        "{}",
+        mail[0]
+    );
+    assert!(mail[0].contains("\nReceived: (qmail "), "{}", mail[0]);
+    assert!(
+        mail[0].ends_with("Subject: direct\n\nbody\n"),
+        "{}",
+        mail[0]
+    );
+    assert!(queue_is_empty(&s.home));
+    for d in ["intd", "pid"] {
+        assert_eq!(
+            fs::read_dir(s.home.join("queue").join(d)).unwrap().count(),
+            0
+        );
+    }
+    // mess/N was kept for the next message.
+    assert_eq!(fs::read_dir(s.home.join("queue/spare")).unwrap().count(), 1);
+
+    // qmail-send logs it as one of its own, numbered among its deliveries.
+    let added = "Return-Path: <a@b.example>\nDelivered-To: joe@here.example\n";
+    let (bytes, qp) = (mail[0].len() - added.len(), std::process::id());
+    let second = inject(&s.home, "", &["joe@here.example"], "x\n");
+    let log = run.stop();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&id.to_string()) || l.contains("delivery 1:"))
+        .collect();
+    // (The second message may reuse the id, as the spare's inode.)
+    assert_eq!(
+        lines[..5],
+        [
+            format!("new msg {id}"),
+            format!("info msg {id}: bytes {bytes} from <a@b.example> qp {qp} uid 0"),
+            format!("starting delivery 1: msg {id} to local joe@here.example"),
+            "delivery 1: success: did_1+0+0/".to_string(),
+            format!("end msg {id}"),
+        ],
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "starting delivery 2: msg {second} to local joe@here.example"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("status: local 1/"),
+        "no queue delivery: {log}"
+    );
+}
+
+#[test]
+fn anything_but_maildirs_goes_through_the_queue_untouched() {
+    let s = site();
+    // Appends a line per run: it must run once, from the queue.
+    fs::write(
+        s.joe.join(".qmail-prog"),
+        "./Maildir/\n|echo ran >> \"$HOME/ran\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(s.joe.join(".qmail-prog"), fs::Permissions::from_mode(0o644)).unwrap();
+    let run = start(&s.home);
+    inject(&s.home, "a@b.example", &["joe-prog@here.example"], "x\n");
+    wait_for("the program's delivery", &run.log, || {
+        run.log.text().contains("end msg")
+    });
+    // Two recipients, each of whom alone would qualify.
+    inject(
+        &s.home,
+        "a@b.example",
+        &["joe@here.example", "joe@here.example"],
+        "y\n",
+    );
+    // (By count: `two` may reuse the first id, as a spare's inode.)
+    wait_for("the pair's delivery", &run.log, || {
+        run.log.text().matches("end msg").count() == 2
+    });
+    let log = run.stop();
+    assert_eq!(fs::read_to_string(s.joe.join("ran")).unwrap(), "ran\n");
+    assert_eq!(maildir(&s.joe).len(), 3);
+    assert!(log.matches("status: local 1/").count() >= 2, "{log}");
+    assert!(queue_is_empty(&s.home), "{log}");
+}
+
+#[test]
+fn a_deferred_direct_delivery_is_queued_and_retried() {
+    let s = site();
+    // No Maildir yet: the delivery defers, and the queue keeps the message.
+    fs::rename(s.joe.join("Maildir"), s.joe.join("Maildir.off")).unwrap();
+    let run = start(&s.home);
+    let id = inject(&s.home, "a@b.example", &["joe@here.example"], "kept\n");
+    wait_for("the queue's deferral", &run.log, || {
+        run.log.text().contains("deferral")
+    });
+    assert!(!queue_is_empty(&s.home));
+    fs::rename(s.joe.join("Maildir.off"), s.joe.join("Maildir")).unwrap();
+    run.handle.send(Control::RetryNow);
+    wait_for("the retry", &run.log, || maildir(&s.joe).len() == 1);
+    wait_for("the removal", &run.log, || queue_is_empty(&s.home));
+    let log = run.stop();
+    assert!(log.contains(&format!("end msg {id}")), "{log}");
+    assert!(maildir(&s.joe)[0].ends_with("\nkept\n"));
+}
+
+#[test]
+fn without_a_running_daemon_commits_queue() {
+    let s = site();
+    start(&s.home).stop();
+    let id = inject(&s.home, "a@b.example", &["joe@here.example"], "z\n");
+    assert!(maildir(&s.joe).is_empty());
+    assert!(s.home.join(format!("queue/todo/{id}")).exists());
 }

@@ -146,6 +146,7 @@ impl Worker {
             recipient,
             default_delivery: &self.default_delivery,
             now,
+            maildir_only: false,
         };
         let out = local::deliver(&request);
         let out = local::finish(out, &self.target, &message);
