@@ -15,6 +15,10 @@
 # Run as root: Postfix is configured by setup_postfix.sh from the Debian
 # package. No timing is asserted anywhere.
 #
+# DIR=PATH puts sqmail's home there instead of /tmp (Postfix keeps its
+# spool and ~bench/Maildir): to measure on another filesystem, mount it
+# there and bind-mount it over /var/spool/postfix and /home/bench too.
+#
 # KEEP=1 deletes nothing while it measures: bench_mta.py moves delivered
 # files aside (--keep-delivered) and sqmail gets a new home instead of the
 # old one being removed. On ext4 without a journal every file created in
@@ -46,12 +50,12 @@ if ss -Hltn "sport = :$SQ_PORT" | grep -q .; then
   echo "delivery.sh: 127.0.0.1:$SQ_PORT is taken (a sqmail left running?)" >&2
   exit 1
 fi
-KEEP=${KEEP:-}
+KEEP=${KEEP:-} DIR=${DIR:-/tmp}
 if [ -n "$KEEP" ]; then
-  home=/tmp/sqmail-bench-home-$(date +%s)
+  home=$DIR/sqmail-bench-home-$(date +%s)
   keep=(--keep-delivered)
 else
-  home=/tmp/sqmail-bench-home
+  home=$DIR/sqmail-bench-home
   rm -rf "$home"
   keep=()
 fi
