@@ -194,13 +194,14 @@ fn queue_is_empty(home: &Path) -> bool {
 #[test]
 fn delivers_to_a_maildir_and_empties_the_queue() {
     let s = site();
-    let run = start(&s.home);
+    // Queued with no daemon running here: the queue's way, found at start.
     let id = inject(
         &s.home,
         "a@b.example",
         &["joe@here.example"],
         "Subject: one\n\nbody\n",
     );
+    let run = start(&s.home);
     wait_for("the delivery", &run.log, || maildir(&s.joe).len() == 1);
     wait_for("the removal", &run.log, || queue_is_empty(&s.home));
     let log = run.stop();
