@@ -12,7 +12,8 @@
 //! write, a `DeliveryResult` for an outstanding delivery (any outcome and
 //! report), `BounceInjected`/`BounceFailed` for an outstanding bounce, time
 //! moving forward (waking at each `poll_timeout`), a crash, holding or
-//! releasing a channel, SIGALRM's `retry_now`. After the ops a prompt host answers everything
+//! releasing a channel, SIGALRM's `retry_now`, a message delivered before
+//! queueing (only logged). After the ops a prompt host answers everything
 //! until the queue is empty.
 //!
 //! Invariants: no panic; `handle` never returns `Misuse` (the host answers
@@ -40,8 +41,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use libfuzzer_sys::fuzz_target;
 use sqmail_queue::scheduler::{
-    Action, BounceRequest, Channel, Config, Input, MessageId, OnDisk, Outcome, Rewriter, Scheduler,
-    Ticket, VirtualDomains,
+    Action, BounceRequest, Channel, Config, DirectDelivery, Input, MessageId, OnDisk, Outcome,
+    Rewriter, Scheduler, Ticket, VirtualDomains,
 };
 
 const T0: u64 = 1_700_000_000;
@@ -581,7 +582,7 @@ impl Host {
     }
 
     fn step(&mut self, b: &mut Bytes) {
-        match b.u8() % 16 {
+        match b.u8() % 17 {
             0 | 1 => {
                 let id = MessageId::from(b.u8() % 8);
                 let sel = b.u8();
@@ -637,6 +638,20 @@ impl Host {
             14 => {
                 self.s.retry_now();
                 self.collect();
+            }
+            15 => {
+                // Delivered before queueing: an inode the machine does not
+                // hold (its own ids are below 8), raw sender and report.
+                let direct = DirectDelivery {
+                    id: 8 + MessageId::from(b.u8()),
+                    sender: b.raw(),
+                    recipient: ADDRS[b.u8() as usize % ADDRS.len()].to_vec(),
+                    bytes: u64::from(b.u16()),
+                    qp: 1,
+                    uid: 0,
+                    report: b.raw(),
+                };
+                self.handle(Input::DeliveredDirectly(direct));
             }
             _ => self.handle(Input::Tick),
         }
