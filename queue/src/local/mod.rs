@@ -4,11 +4,14 @@
 //! [`deliver`] picks the user (users/cdb, passwd, `alias`), then runs the
 //! `.qmail` instructions: Maildir, mbox, programs. Forwards are returned,
 //! not queued, so the caller injects them in one qmail-queue call through
-//! a [`Target`] ([`finish`] does that). As root the work happens in a
-//! forked child that has become the recipient's uid and gid; otherwise as
-//! the invoking user (the embedded default). No `chdir`, no global state
-//! beyond a counter: callable from a thread or a child process.
+//! a [`Target`] ([`finish`] does that). As root the work happens as the
+//! recipient's uid and gid: for Maildirs only on the calling thread, whose
+//! own credentials change for the delivery (`creds`), else in a forked
+//! child; otherwise as the invoking user (the embedded default). No
+//! `chdir`, no global state beyond a counter: callable from a thread or a
+//! child process.
 
+mod creds;
 mod maildir;
 mod mbox;
 mod newu;
@@ -129,7 +132,8 @@ pub fn deliver(req: &Request<'_>) -> Outcome {
 }
 
 /// qmail-lspawn: an empty local part is a trash address; otherwise look
-/// up the user and run qmail-local as that user (when root) or as us.
+/// up the user and run qmail-local as that user (when root: on this thread
+/// for Maildirs only, else in a child) or as us.
 pub fn deliver_with(req: &Request<'_>, pw: &dyn Passwd) -> Outcome {
     let (local, _) = split(req.recipient);
     if local.is_empty() {
@@ -169,6 +173,19 @@ pub fn deliver_with(req: &Request<'_>, pw: &dyn Passwd) -> Outcome {
         message: &inherited,
         ..*req
     };
+    // Maildirs only: on this thread, as the user, without a fork; if the
+    // `.qmail` asks for more (nothing has run then), in a child.
+    let maildirs = Request {
+        maildir_only: true,
+        ..req
+    };
+    if let Ok(out) = creds::as_user_on_this_thread(user.uid, user.gid, || {
+        deliver_as_current_user(&user, &maildirs)
+    }) {
+        if req.maildir_only || !qmail_local::not_maildir_only(&out) {
+            return out;
+        }
+    }
     let keep = std::os::fd::AsRawFd::as_raw_fd(&message);
     as_user(user.uid, user.gid, keep, || {
         deliver_as_current_user(&user, &req)

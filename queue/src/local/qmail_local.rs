@@ -22,6 +22,11 @@ const PATRN: u32 = 0o022;
 pub(super) const NOT_MAILDIR_ONLY: &str =
     "Not only Maildir deliveries: the queue takes the message.";
 
+/// Whether `out` is that deferral, which ran nothing.
+pub(super) fn not_maildir_only(out: &Outcome) -> bool {
+    out.verdict == Verdict::Deferral && out.report.strip_suffix('\n') == Some(NOT_MAILDIR_ONLY)
+}
+
 fn path(home: &Path, p: &[u8]) -> PathBuf {
     home.join(OsStr::from_bytes(p))
 }

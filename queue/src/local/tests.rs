@@ -506,20 +506,19 @@ fn outcome_survives_the_pipe() {
     assert_eq!(decode(b"Q"), None);
 }
 
-#[test]
-fn as_root_delivers_as_the_recipient() {
+/// As root: joe is a made-up `uid` owning his home, and the message sits
+/// in a directory he may not search, as in the queue (it must be handed
+/// down open). `None` when not root.
+fn as_root(uid: u32) -> Option<(Setup, PathBuf, Table)> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return;
+        return None;
     }
     let s = setup();
-    let uid = 54322;
     for d in ["", "Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"] {
         std::os::unix::fs::chown(s.home.join(d), Some(uid), Some(uid)).unwrap();
     }
     fs::set_permissions(s.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    // The message sits in a directory the recipient may not search, as in
-    // the queue: it must be handed down open.
     let private = s.dir.path().join("queue");
     fs::create_dir(&private).unwrap();
     fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
@@ -533,16 +532,40 @@ fn as_root_delivers_as_the_recipient() {
         gid: uid,
         dir,
     }]);
-    let req = Request {
+    Some((s, message, table))
+}
+
+fn root_request<'a>(s: &'a Setup, message: &'a Path, recipient: &'a [u8]) -> Request<'a> {
+    Request {
         qmail_home: s.dir.path(),
-        message: &message,
+        message,
         sender: b"a@b",
-        recipient: b"joe@example.com",
+        recipient,
         default_delivery: b"./Maildir/\n",
         now: 0,
         maildir_only: false,
+    }
+}
+
+/// This thread's effective ids and groups.
+fn creds() -> (u32, u32, Vec<libc::gid_t>) {
+    // SAFETY: plain queries into a buffer of the size asked for.
+    unsafe {
+        let mut groups = vec![0; libc::getgroups(0, std::ptr::null_mut()) as usize];
+        let n = libc::getgroups(groups.len() as i32, groups.as_mut_ptr());
+        groups.truncate(n as usize);
+        (libc::geteuid(), libc::getegid(), groups)
+    }
+}
+
+#[test]
+fn as_root_delivers_as_the_recipient() {
+    let uid = 54322;
+    let Some((s, message, table)) = as_root(uid) else {
+        return;
     };
-    let o = deliver_with(&req, &table);
+    let before = creds();
+    let o = deliver_with(&root_request(&s, &message, b"joe@example.com"), &table);
     assert_eq!(o.verdict, Verdict::Success, "{o:?}");
     let f = fs::read_dir(s.home.join("Maildir/new"))
         .unwrap()
@@ -553,4 +576,41 @@ fn as_root_delivers_as_the_recipient() {
         std::os::unix::fs::MetadataExt::uid(&f.metadata().unwrap()),
         uid
     );
+    // Delivered on this thread, which is root again.
+    assert_eq!(creds(), before);
+
+    // A program still runs in a child that is the user through and through.
+    s.dotqmail(
+        ".qmail-prog",
+        "|id -u >\"$HOME/ran\"; id -ru >>\"$HOME/ran\"\n",
+    );
+    std::os::unix::fs::chown(s.home.join(".qmail-prog"), Some(uid), Some(uid)).unwrap();
+    let o = deliver_with(&root_request(&s, &message, b"joe-prog@example.com"), &table);
+    assert_eq!(o.verdict, Verdict::Success, "{o:?}");
+    assert_eq!(
+        fs::read_to_string(s.home.join("ran")).unwrap(),
+        format!("{uid}\n{uid}\n")
+    );
+    assert_eq!(creds(), before);
+}
+
+#[test]
+fn as_root_a_maildir_delivery_has_only_the_recipients_rights() {
+    let uid = 54323;
+    let Some((s, message, table)) = as_root(uid) else {
+        return;
+    };
+    let before = creds();
+    // joe's .qmail names a Maildir only root may write.
+    let rootbox = s.home.join("Rootbox");
+    for d in ["tmp", "new", "cur"] {
+        fs::create_dir_all(rootbox.join(d)).unwrap();
+    }
+    fs::set_permissions(&rootbox, fs::Permissions::from_mode(0o700)).unwrap();
+    s.dotqmail(".qmail-root", "./Rootbox/\n");
+    std::os::unix::fs::chown(s.home.join(".qmail-root"), Some(uid), Some(uid)).unwrap();
+    let o = deliver_with(&root_request(&s, &message, b"joe-root@example.com"), &table);
+    assert_eq!(o.verdict, Verdict::Deferral, "{o:?}");
+    assert_eq!(fs::read_dir(rootbox.join("new")).unwrap().count(), 0);
+    assert_eq!(creds(), before);
 }
