@@ -30,6 +30,20 @@ use crate::scheduler::{return_path, Channel, DirectDelivery, Rewriter};
 use crate::send::{unix_now, Control, Handle};
 use crate::store::Incoming;
 
+/// What became of a message offered for delivery before queueing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Delivered {
+    /// Not delivered: queue it.
+    No,
+    /// In the mailbox, and qmail-send has its record: it logs the message
+    /// and then removes `mess/N`, so that N is nobody else's id before its
+    /// lines are written.
+    Logged,
+    /// In the mailbox, but qmail-send stopped meanwhile: only its log lines
+    /// are missing, and `mess/N` is the caller's to remove.
+    Unlogged,
+}
+
 /// The rules a qmail-send lends the servers of its process.
 pub(crate) struct Direct {
     home: PathBuf,
@@ -60,18 +74,17 @@ impl Direct {
         *self.rewriter() = rewriter;
     }
 
-    /// Delivers `message` if it qualifies; true once it is in the mailbox,
-    /// synced, and qmail-send has its record. False leaves it to be queued.
-    pub(crate) fn deliver(&self, message: &mut Incoming, envelope: &Envelope) -> bool {
+    /// Delivers `message` if it qualifies.
+    pub(crate) fn deliver(&self, message: &mut Incoming, envelope: &Envelope) -> Delivered {
         let [recipient] = envelope.recipients.as_slice() else {
-            return false;
+            return Delivered::No;
         };
         let (channel, local) = self.rewriter().classify(recipient);
         if channel != Channel::Local {
-            return false;
+            return Delivered::No;
         }
         let Ok(path) = message.complete() else {
-            return false;
+            return Delivered::No;
         };
         let sender = return_path(&envelope.sender, &local);
         let request = local::Request {
@@ -85,11 +98,9 @@ impl Direct {
         };
         let out = local::deliver(&request);
         if out.verdict != Verdict::Success || out.forward.is_some() {
-            return false;
+            return Delivered::No;
         }
-        // Sent even if qmail-send has just stopped: the message is
-        // delivered either way, and only these log lines would be missing.
-        self.send.send(Control::Delivered(DirectDelivery {
+        let logged = self.send.send(Control::Delivered(DirectDelivery {
             id: message.id(),
             sender: envelope.sender.clone(),
             recipient: local,
@@ -98,7 +109,11 @@ impl Direct {
             uid: message.uid(),
             report: out.report.into_bytes(),
         }));
-        true
+        if logged {
+            Delivered::Logged
+        } else {
+            Delivered::Unlogged
+        }
     }
 
     fn rewriter(&self) -> MutexGuard<'_, Rewriter> {

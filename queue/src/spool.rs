@@ -276,6 +276,12 @@ impl Spool {
 
     /// Drop a message [`Spool::read_todo`] found corrupt: remove `todo/N`,
     /// then `intd/N`. `mess/N` is left to [`Spool::cleanup`].
+    /// Remove `mess/N` of a message delivered before it was queued, once
+    /// its log lines are written (until then N cannot be another's id).
+    pub(crate) fn discard_delivered(&self, id: MessageId) -> io::Result<()> {
+        self.discard(&self.file(Dir::Mess, id)).map(drop)
+    }
+
     pub fn discard_todo(&self, id: MessageId) -> io::Result<()> {
         unlink(&self.file(Dir::Todo, id))?;
         self.discard(&self.file(Dir::Intd, id)).map(drop)

@@ -27,6 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqmail_core::received;
 
+use crate::direct::Delivered;
 use crate::envelope::Envelope;
 use crate::groupsync::GroupSync;
 use crate::qq::QqError;
@@ -355,7 +356,7 @@ enum State {
     IntdMade,
     /// todo/N exists: the message is queued and must never be removed here.
     Committed,
-    /// Delivered without queueing, and mess/N kept as a spare.
+    /// Delivered without queueing; qmail-send removes mess/N.
     Delivered,
 }
 
@@ -451,7 +452,7 @@ impl Incoming {
     }
 
     /// [`Direct::deliver`](crate::direct::Direct::deliver), when a qmail-send
-    /// here lends its rules; `mess/N` then becomes a spare.
+    /// here lends its rules; true if the message is delivered.
     fn deliver_directly(&mut self, envelope: &Envelope) -> Result<bool, QqError> {
         let Some(in_process) = self.queue.dirs.key.and_then(wake::in_process) else {
             return Ok(false);
@@ -463,14 +464,11 @@ impl Incoming {
             return Ok(false);
         }
         envelope.validate()?;
-        if !direct.deliver(self, envelope) {
-            return Ok(false);
-        }
-        let path = self.path();
-        if let Some(spares) = &self.queue.dirs.spares {
-            if spares.keep(&path).is_ok() {
-                self.state = State::Delivered;
-            }
+        match direct.deliver(self, envelope) {
+            Delivered::No => return Ok(false),
+            Delivered::Logged => self.state = State::Delivered,
+            // Drop removes mess/N.
+            Delivered::Unlogged => {}
         }
         Ok(true)
     }

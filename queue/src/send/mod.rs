@@ -362,9 +362,15 @@ impl Daemon {
                     exiting = true;
                 }
                 Ok(Event::Control(Control::Delivered(direct))) => {
+                    let id = direct.id;
                     self.scheduler
                         .handle(now, Input::DeliveredDirectly(direct))
                         .ok();
+                    // Its lines go out before anything that comes next,
+                    // so only now may N become another message's id.
+                    if let Err(e) = self.worker.spool().discard_delivered(id) {
+                        writeln!(log, "warning: unable to remove mess/{id}: {e}")?;
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     if now >= next_scan {
