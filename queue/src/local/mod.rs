@@ -113,8 +113,9 @@ pub struct Request<'a> {
     pub default_delivery: &'a [u8],
     /// Unix seconds for the mbox `From ` line.
     pub now: u64,
-    /// Deliver only to Maildirs ([`crate::direct`], before the message is
-    /// queued): instructions of any other kind defer, before any is run.
+    /// Deliver only to Maildirs (before the message is queued, where
+    /// nothing slow may run): a `.qmail` with instructions of any other
+    /// kind defers before any has run.
     pub maildir_only: bool,
 }
 
