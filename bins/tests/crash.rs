@@ -9,58 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{Client, Daemon, TestHome};
+use common::{Daemon, TestHome};
 
 const ROUNDS: usize = 6;
 const CLIENTS: usize = 6;
-
-/// Sends messages until the server goes away; records the ids that got 250.
-fn client_loop(
-    addr: std::net::SocketAddr,
-    round: usize,
-    client: usize,
-    acked: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut seq = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(mut c) = Client::connect(addr) else {
-            return;
-        };
-        let session = (|| -> std::io::Result<bool> {
-            if common::code(&c.reply()?)? != 220 || c.cmd("HELO crash.test")? != 250 {
-                return Ok(false);
-            }
-            for _ in 0..3 {
-                seq += 1;
-                let id = format!("r{round}-c{client}-m{seq}");
-                if c.cmd("MAIL FROM:<a@crash.test>")? != 250
-                    || c.cmd("RCPT TO:<b@example.org>")? != 250
-                    || c.cmd("DATA")? != 354
-                {
-                    return Ok(false);
-                }
-                // A body big enough that a kill can land in the middle of it.
-                let filler = "x".repeat(70);
-                let mut body = format!("Subject: {id}\r\n\r\n");
-                for line in 0..60 {
-                    body.push_str(&format!("{line:03} {filler}\r\n"));
-                }
-                body.push_str(&format!("END-{id}\r\n.\r\n"));
-                c.send(&body)?;
-                if common::code(&c.reply()?)? == 250 {
-                    acked.lock().unwrap().push(id);
-                } else {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        })();
-        if !matches!(session, Ok(true)) {
-            return;
-        }
-    }
-}
 
 #[test]
 fn no_acknowledged_message_is_lost_and_none_is_partial() {
@@ -78,7 +30,15 @@ fn no_acknowledged_message_is_lost_and_none_is_partial() {
         let threads: Vec<_> = (0..CLIENTS)
             .map(|client| {
                 let (acked, stop, addr) = (acked.clone(), stop.clone(), daemon.addr);
-                std::thread::spawn(move || client_loop(addr, round, client, acked, stop))
+                std::thread::spawn(move || {
+                    common::client_loop(
+                        addr,
+                        "b@example.org",
+                        &format!("r{round}-c{client}"),
+                        &acked,
+                        &stop,
+                    )
+                })
             })
             .collect();
         // xorshift: a different kill moment every round and every run.

@@ -457,3 +457,53 @@ pub fn queue_files(home: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Sends messages to `rcpt` until the server goes away or `stop` is set,
+/// three per session; records in `acked` the ids (`{tag}-m{n}`, also the
+/// Subject, and the last line as `END-{id}`) that got 250.
+pub fn client_loop(
+    addr: SocketAddr,
+    rcpt: &str,
+    tag: &str,
+    acked: &Mutex<Vec<String>>,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    let mut seq = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let Ok(mut c) = Client::connect(addr) else {
+            return;
+        };
+        let session = (|| -> std::io::Result<bool> {
+            if code(&c.reply()?)? != 220 || c.cmd("HELO crash.test")? != 250 {
+                return Ok(false);
+            }
+            for _ in 0..3 {
+                seq += 1;
+                let id = format!("{tag}-m{seq}");
+                if c.cmd("MAIL FROM:<a@crash.test>")? != 250
+                    || c.cmd(&format!("RCPT TO:<{rcpt}>"))? != 250
+                    || c.cmd("DATA")? != 354
+                {
+                    return Ok(false);
+                }
+                // A body big enough that a kill can land in the middle of it.
+                let filler = "x".repeat(70);
+                let mut body = format!("Subject: {id}\r\n\r\n");
+                for line in 0..60 {
+                    body.push_str(&format!("{line:03} {filler}\r\n"));
+                }
+                body.push_str(&format!("END-{id}\r\n.\r\n"));
+                c.send(&body)?;
+                if code(&c.reply()?)? == 250 {
+                    acked.lock().unwrap().push(id);
+                } else {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })();
+        if !matches!(session, Ok(true)) {
+            return;
+        }
+    }
+}
