@@ -17,11 +17,13 @@
 //! `end msg`), numbered among its own deliveries. Anything else goes into
 //! the queue as it always did, before any instruction has run: more
 //! recipients, a remote one, a `.qmail` with programs, forwards or mbox
-//! files. A delivery that defers or fails is queued too, and qmail-send
-//! tries it again (and bounces it if it fails again), as it would retry a
-//! deferral of its own.
+//! files; and any message while `concurrencylocal` such deliveries are
+//! under way. A delivery that defers or fails is queued too, and
+//! qmail-send tries it again (and bounces it if it fails again), as it
+//! would retry a deferral of its own.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::envelope::Envelope;
@@ -52,6 +54,11 @@ pub(crate) struct Direct {
     rewriter: Mutex<Rewriter>,
     /// Where the log record goes.
     send: Handle,
+    /// Deliveries under way here, at most `limit` (qmail-send's
+    /// `concurrencylocal`, which its own deliveries keep to as well):
+    /// beyond it a message is queued.
+    in_flight: AtomicUsize,
+    limit: usize,
 }
 
 impl Direct {
@@ -60,12 +67,15 @@ impl Direct {
         default_delivery: Vec<u8>,
         rewriter: Rewriter,
         send: Handle,
+        limit: usize,
     ) -> Direct {
         Direct {
             home,
             default_delivery,
             rewriter: Mutex::new(rewriter),
             send,
+            in_flight: AtomicUsize::new(0),
+            limit,
         }
     }
 
@@ -83,6 +93,9 @@ impl Direct {
         if channel != Channel::Local {
             return Delivered::No;
         }
+        let Some(_slot) = self.slot() else {
+            return Delivered::No;
+        };
         let Ok(path) = message.complete() else {
             return Delivered::No;
         };
@@ -116,8 +129,26 @@ impl Direct {
         }
     }
 
+    /// One of the `limit` deliveries, held until dropped.
+    fn slot(&self) -> Option<Slot<'_>> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(&self.in_flight))
+    }
+
     fn rewriter(&self) -> MutexGuard<'_, Rewriter> {
         // Replaced whole: a panic elsewhere cannot leave it half-changed.
         self.rewriter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -143,6 +143,7 @@ impl Daemon {
             options.default_delivery.clone(),
             options.controls.scheduler.rewriter.clone(),
             Handle(events.clone()),
+            options.controls.scheduler.concurrency[Channel::Local as usize],
         );
         let spool = Spool::open(&home).map_err(|e| format!("{}: {e}", home.display()))?;
         let lock = spool.lock().map_err(|e| e.to_string())?;

@@ -135,13 +135,13 @@ struct Running {
 }
 
 fn start(home: &Path) -> Running {
-    start_with(home, None)
+    start_with(home, None, 4)
 }
 
-fn start_with(home: &Path, remote: Option<Arc<dyn Transport>>) -> Running {
+fn start_with(home: &Path, remote: Option<Arc<dyn Transport>>, local: usize) -> Running {
     let mut controls = controls();
     // Room for a whole message's remote recipients at once.
-    controls.scheduler.concurrency[1] = 20;
+    controls.scheduler.concurrency = [local, 20];
     let daemon = Daemon::new(Options {
         home: home.to_owned(),
         default_delivery: b"./Maildir/\n".to_vec(),
@@ -349,7 +349,7 @@ impl Transport for FakeRemote {
 fn remote_recipients_of_one_domain_travel_in_one_job() {
     let s = site();
     let remote = Arc::new(FakeRemote::default());
-    let run = start_with(&s.home, Some(remote.clone()));
+    let run = start_with(&s.home, Some(remote.clone()), 4);
     let id = inject(
         &s.home,
         "joe@here.example",
@@ -518,6 +518,22 @@ fn a_deferred_direct_delivery_is_queued_and_retried() {
     let log = run.stop();
     assert!(log.contains(&format!("end msg {id}")), "{log}");
     assert!(maildir(&s.joe)[0].ends_with("\nkept\n"));
+}
+
+#[test]
+fn concurrencylocal_bounds_deliveries_before_queueing_too() {
+    let s = site();
+    // No local delivery at all, so none before queueing either.
+    let run = start_with(&s.home, None, 0);
+    let id = inject(&s.home, "a@b.example", &["joe@here.example"], "held\n");
+    assert!(maildir(&s.joe).is_empty());
+    // Queued: qmail-send takes it in, and holds it.
+    wait_for("the intake", &run.log, || {
+        run.log.text().contains(&format!("new msg {id}"))
+    });
+    let log = run.stop();
+    assert!(!log.contains("starting delivery"), "{log}");
+    assert!(maildir(&s.joe).is_empty());
 }
 
 #[test]
