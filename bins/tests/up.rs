@@ -324,42 +324,19 @@ fn up_serves_smtp_delivers_stops_and_reuses_its_home() {
 /// run), whole, and never a partial one in `new/`.
 #[test]
 fn up_killed_at_random_loses_no_acknowledged_message() {
-    use std::sync::atomic::AtomicBool;
     use std::sync::{Arc, Mutex};
 
     let home = UpHome::new("up-crash");
     let (port, reserved) = (free_port(), free_port());
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
+    let mut seed = common::kill_seed();
     let mut maildir = PathBuf::new();
     for round in 0..4 {
         let mut proc = up(&home.path, port, reserved);
         maildir = mailboxes(&proc.stdout())["postmaster@localhost"].clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<_> = (0..4)
-            .map(|client| {
-                let (acked, stop) = (acked.clone(), stop.clone());
-                std::thread::spawn(move || {
-                    let tag = format!("r{round}-c{client}");
-                    common::client_loop(addr, "postmaster@localhost", &tag, &acked, &stop)
-                })
-            })
-            .collect();
-        // xorshift: a different kill moment every round and every run.
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        std::thread::sleep(Duration::from_millis(50 + seed % 400));
-        proc.kill();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for c in clients {
-            c.join().unwrap();
-        }
+        let rcpt = "postmaster@localhost";
+        common::load_then_kill(addr, rcpt, round, 4, &acked, &mut seed, || proc.kill());
     }
     // One more run delivers whatever went into the queue. (A kill leaves
     // the mess/N of a message being written or just delivered, which
@@ -384,11 +361,7 @@ fn up_killed_at_random_loses_no_acknowledged_message() {
     );
     let mut delivered = std::collections::HashSet::new();
     for text in common::maildir_messages(&maildir) {
-        let id = common::subject(&text)
-            .unwrap_or_else(|| panic!("a message without its header: {text:?}"))
-            .to_string();
-        assert!(text.ends_with(&format!("END-{id}\n")), "partial: {id}");
-        delivered.insert(id);
+        delivered.insert(common::whole_message_id(&text));
     }
     for id in &acked {
         assert!(delivered.contains(id), "message {id} got 250 and was lost");

@@ -507,3 +507,60 @@ pub fn client_loop(
         }
     }
 }
+
+/// One round of a crash test: `clients` sessions of [`client_loop`] to
+/// `rcpt` at `addr` (tags `r{round}-c{i}`) until `kill`, which runs at a
+/// random moment 50 to 450 ms in (from `seed`, an xorshift state: a
+/// different moment every round and every run); returns once every
+/// client has ended.
+pub fn load_then_kill(
+    addr: SocketAddr,
+    rcpt: &str,
+    round: usize,
+    clients: usize,
+    acked: &Arc<Mutex<Vec<String>>>,
+    seed: &mut u64,
+    kill: impl FnOnce(),
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let (acked, stop, rcpt) = (acked.clone(), stop.clone(), rcpt.to_string());
+            std::thread::spawn(move || {
+                client_loop(addr, &rcpt, &format!("r{round}-c{client}"), &acked, &stop)
+            })
+        })
+        .collect();
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    std::thread::sleep(Duration::from_millis(50 + *seed % 400));
+    kill();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// A seed for [`load_then_kill`] that differs from run to run.
+pub fn kill_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1
+}
+
+/// The id of a message [`client_loop`] sent, asserting that it is whole.
+pub fn whole_message_id(text: &str) -> String {
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Subject: "))
+        .unwrap_or_else(|| panic!("a message without its header: {text:?}"))
+        .to_string();
+    assert!(
+        text.ends_with(&format!("END-{id}\n")),
+        "a partial message: {id}"
+    );
+    id
+}
