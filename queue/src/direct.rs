@@ -96,9 +96,10 @@ impl Direct {
         let Some(_slot) = self.slot() else {
             return Delivered::No;
         };
-        let Ok(path) = message.complete() else {
+        if message.complete().is_err() {
             return Delivered::No;
-        };
+        }
+        let path = message.path();
         let sender = return_path(&envelope.sender, &local);
         let request = local::Request {
             qmail_home: &self.home,

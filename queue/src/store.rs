@@ -474,19 +474,22 @@ impl Incoming {
     }
 
     /// Writes out what is buffered and cuts off a spare's old bytes, so
-    /// that `mess/N` holds the message for a delivery to read; its path.
-    pub(crate) fn complete(&mut self) -> Result<PathBuf, QqError> {
+    /// that `mess/N` holds exactly the message (for its fsync, or for a
+    /// delivery to read).
+    pub(crate) fn complete(&mut self) -> Result<(), QqError> {
         if self.failed {
             return Err(QqError::new(QqError::WRITE));
         }
         self.flush()?;
+        // Only a spare longer than the message needs cutting. Setting the
+        // length changes the inode, which sync_data must then write too.
         if self.stale > self.len {
             self.file
                 .set_len(self.len)
                 .map_err(|_| QqError::new(QqError::WRITE))?;
             self.stale = self.len;
         }
-        Ok(self.path())
+        Ok(())
     }
 
     /// The message's size so far.
@@ -500,7 +503,7 @@ impl Incoming {
     }
 
     /// `mess/N%split/N`.
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         let dirs = &self.queue.dirs;
         dirs.root
             .join("mess")
@@ -525,12 +528,7 @@ impl Incoming {
         let queue = self.queue.clone();
         let dirs = &queue.dirs;
 
-        self.flush()?;
-        // Only a spare longer than the message needs cutting. Setting the
-        // length changes the inode, which sync_data must then write too.
-        if self.stale > self.len {
-            self.file.set_len(self.len).map_err(write_err)?;
-        }
+        self.complete()?;
         self.file.sync_data().map_err(write_err)?;
         if last == Step::MessSynced {
             return Ok(self.id);
